@@ -1,0 +1,143 @@
+package provider
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+)
+
+func newTestProvider(t *testing.T, cfg Config) *Provider {
+	t.Helper()
+	p, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = p.Close() })
+	return p
+}
+
+// post sends a form to the token endpoint and decodes the JSON answer.
+func post(t *testing.T, p *Provider, form url.Values, basicUser, basicPass string) (int, map[string]any) {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodPost, p.TokenURL(), strings.NewReader(form.Encode()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	if basicUser != "" {
+		req.SetBasicAuth(basicUser, basicPass)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var body map[string]any
+	if err := json.NewDecoder(resp.Body).Decode(&body); err != nil {
+		t.Fatal(err)
+	}
+	return resp.StatusCode, body
+}
+
+func TestPasswordRefreshRotationAndReuse(t *testing.T) {
+	p := newTestProvider(t, Config{AccessTokenTTL: 20 * time.Second})
+	ctx := context.Background()
+
+	status, body := post(t, p, url.Values{"grant_type": {"password"}, "client_id": {"demo"}, "username": {"demo"}, "password": {"wrong"}}, "", "")
+	if status != http.StatusBadRequest || body["error"] != "invalid_grant" {
+		t.Fatalf("wrong password: got %d %v", status, body)
+	}
+
+	status, body = post(t, p, url.Values{"grant_type": {"password"}, "client_id": {"demo"}, "username": {"demo"}, "password": {"demo-password"}, "scope": {"read"}}, "", "")
+	if status != http.StatusOK {
+		t.Fatalf("password grant: got %d %v", status, body)
+	}
+	at1, rt1 := body["access_token"].(string), body["refresh_token"].(string)
+	if at1 == "" || rt1 == "" || body["expires_in"].(float64) > 20 || body["scope"] != "read" {
+		t.Fatalf("password grant answer: %v", body)
+	}
+	if in, err := p.Introspect(ctx, at1); err != nil || !in.Active || in.Scope != "read" {
+		t.Fatalf("introspect first token: %+v, %v", in, err)
+	}
+
+	status, body = post(t, p, url.Values{"grant_type": {"refresh_token"}, "client_id": {"demo"}, "refresh_token": {rt1}}, "", "")
+	if status != http.StatusOK {
+		t.Fatalf("refresh: got %d %v", status, body)
+	}
+	at2, rt2 := body["access_token"].(string), body["refresh_token"].(string)
+	if rt2 == "" || rt2 == rt1 || at2 == at1 {
+		t.Fatalf("refresh did not rotate: %v", body)
+	}
+	if in, _ := p.Introspect(ctx, at1); in.Active {
+		t.Fatal("old access token still active after refresh")
+	}
+
+	// Presenting the used refresh token again revokes the family.
+	status, body = post(t, p, url.Values{"grant_type": {"refresh_token"}, "client_id": {"demo"}, "refresh_token": {rt1}}, "", "")
+	if status != http.StatusBadRequest || body["error"] != "invalid_grant" {
+		t.Fatalf("reuse: got %d %v", status, body)
+	}
+	status, body = post(t, p, url.Values{"grant_type": {"refresh_token"}, "client_id": {"demo"}, "refresh_token": {rt2}}, "", "")
+	if status != http.StatusBadRequest || body["error"] != "invalid_grant" {
+		t.Fatalf("family not revoked after reuse: got %d %v", status, body)
+	}
+	if in, _ := p.Introspect(ctx, at2); in.Active {
+		t.Fatal("access token of the revoked family still active")
+	}
+
+	want := Counts{PasswordOK: 1, PasswordFailed: 1, RefreshOK: 1, RefreshInvalidGrant: 2, Introspections: 3}
+	if got := p.Counts(); got != want {
+		t.Fatalf("counts: got %+v, want %+v", got, want)
+	}
+	if got := len(p.RefreshTokens()); got != 2 {
+		t.Fatalf("recorded %d refresh tokens, want 2", got)
+	}
+	if forms := p.Forms(); !strings.Contains(forms[1], "password=demo-password") {
+		t.Fatalf("raw form not recorded: %q", forms[1])
+	}
+}
+
+func TestConfidentialClientAndRevocation(t *testing.T) {
+	p := newTestProvider(t, Config{ConfidentialClientID: "conf", ConfidentialClientSecret: "s3cret"})
+	pw := url.Values{"grant_type": {"password"}, "username": {"demo"}, "password": {"demo-password"}}
+
+	status, body := post(t, p, pw, "conf", "s3cret")
+	if status != http.StatusOK {
+		t.Fatalf("basic auth: got %d %v", status, body)
+	}
+	withBody := url.Values{"client_id": {"conf"}, "client_secret": {"s3cret"}}
+	for k, v := range pw {
+		withBody[k] = v
+	}
+	if status, body = post(t, p, withBody, "", ""); status != http.StatusOK {
+		t.Fatalf("client_secret in body: got %d %v", status, body)
+	}
+	if status, body = post(t, p, pw, "conf", "wrong"); status != http.StatusUnauthorized || body["error"] != "invalid_client" {
+		t.Fatalf("wrong secret: got %d %v", status, body)
+	}
+
+	// Revoke the refresh token with the public client, then it is dead.
+	status, body = post(t, p, url.Values{"grant_type": {"password"}, "client_id": {"demo"}, "username": {"demo"}, "password": {"demo-password"}}, "", "")
+	if status != http.StatusOK {
+		t.Fatalf("public password grant: got %d %v", status, body)
+	}
+	rt := body["refresh_token"].(string)
+	resp, err := http.PostForm(p.RevokeURL(), url.Values{"client_id": {"demo"}, "token": {rt}, "token_type_hint": {"refresh_token"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("revoke: HTTP %d", resp.StatusCode)
+	}
+	if status, body = post(t, p, url.Values{"grant_type": {"refresh_token"}, "client_id": {"demo"}, "refresh_token": {rt}}, "", ""); body["error"] != "invalid_grant" {
+		t.Fatalf("refresh after revoke: got %d %v", status, body)
+	}
+	if c := p.Counts(); c.Revocations != 1 || c.PasswordOK != 3 || c.PasswordFailed != 1 {
+		t.Fatalf("counts: %+v", c)
+	}
+}
