@@ -1,0 +1,544 @@
+package bearer
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"mime"
+	"net"
+	"net/http"
+	"net/http/httptrace"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/go-cleanhttp"
+)
+
+const (
+	// maxResponseBytes caps what is read of a token endpoint's answer.
+	maxResponseBytes = 1 << 20
+	// fallbackLifetime is assumed when a token response says nothing about expiry.
+	fallbackLifetime = 5 * time.Minute
+	// firstRetryDelay is the first pause between retries of a transient failure.
+	firstRetryDelay = 250 * time.Millisecond
+
+	grantPassword = "password"
+	grantRefresh  = "refresh_token"
+)
+
+// failureKind says what a failed grant means for the session.
+type failureKind int
+
+const (
+	// failTransient: the provider did not process the request (429, 5xx, network error
+	// before the request was sent); the refresh token is still good.
+	failTransient failureKind = iota
+	// failRejected: the provider refused the grant (invalid_grant, invalid_client,
+	// unauthorized_client, HTTP 401, or another 4xx): for the password grant the
+	// credentials are wrong, for the refresh grant the refresh token is dead.
+	failRejected
+	// failAmbiguous: the request may have reached the provider but no usable answer came
+	// back (timeout or reset after sending, an unreadable 2xx body): a refresh token sent
+	// this way must be treated as spent.
+	failAmbiguous
+	// failInvalid: the request could not be built or sent for a reason of our own
+	// configuration (bad URL, redirect refused).
+	failInvalid
+)
+
+// grantError describes a failed token request. Its text quotes the provider's OAuth2
+// error and the HTTP status, never the request and never a token.
+type grantError struct {
+	kind        failureKind
+	grant       string
+	status      int
+	code        string
+	description string
+	detail      string
+	retryAfter  time.Duration
+}
+
+func (e *grantError) Error() string {
+	var sb strings.Builder
+	sb.WriteString(e.grant)
+	sb.WriteString(" grant failed: ")
+	switch {
+	case e.code != "" && e.description != "":
+		fmt.Fprintf(&sb, "%s: %s", e.code, e.description)
+	case e.code != "":
+		sb.WriteString(e.code)
+	default:
+		sb.WriteString(e.detail)
+	}
+	if e.status != 0 {
+		fmt.Fprintf(&sb, " (HTTP %d)", e.status)
+	}
+	return sb.String()
+}
+
+// tokenResponse is a parsed, successful token endpoint answer.
+type tokenResponse struct {
+	AccessToken      string
+	TokenType        string
+	Scope            string
+	ExpiresAt        time.Time
+	RefreshToken     string
+	RefreshExpiresAt time.Time // zero: the provider did not say
+}
+
+// tokenClient performs the two grants against one connection.
+type tokenClient struct {
+	conn  *connEntry
+	http  *http.Client
+	now   func() time.Time
+	sleep func(context.Context, time.Duration) error
+}
+
+// newHTTPClient returns the HTTP client for a connection: TLS always verified (against
+// ca_cert alone when set), redirects never followed.
+func newHTTPClient(conn *connEntry) (*http.Client, error) {
+	transport := cleanhttp.DefaultPooledTransport()
+	tlsConfig := &tls.Config{MinVersion: tls.VersionTLS12}
+	if conn.CACert != "" {
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM([]byte(conn.CACert)) {
+			return nil, errors.New("ca_cert holds no PEM certificate")
+		}
+		tlsConfig.RootCAs = pool
+	}
+	transport.TLSClientConfig = tlsConfig
+	return &http.Client{
+		Transport: transport,
+		CheckRedirect: func(*http.Request, []*http.Request) error {
+			return http.ErrUseLastResponse
+		},
+	}, nil
+}
+
+// passwordGrant logs in with the connection's username and password.
+func (c *tokenClient) passwordGrant(ctx context.Context, scopes []string) (*tokenResponse, error) {
+	form := url.Values{}
+	for k, v := range c.conn.PasswordParams {
+		form.Set(k, v)
+	}
+	form.Set("grant_type", grantPassword)
+	form.Set("username", c.conn.Username)
+	form.Set("password", c.conn.Password)
+	if len(scopes) > 0 {
+		form.Set("scope", strings.Join(scopes, " "))
+	}
+	return c.do(ctx, grantPassword, form)
+}
+
+// refreshGrant trades a refresh token for new tokens.
+func (c *tokenClient) refreshGrant(ctx context.Context, refreshToken string) (*tokenResponse, error) {
+	form := url.Values{}
+	for k, v := range c.conn.RefreshParams {
+		form.Set(k, v)
+	}
+	form.Set("grant_type", grantRefresh)
+	form.Set("refresh_token", refreshToken)
+	return c.do(ctx, grantRefresh, form)
+}
+
+// revoke asks the revocation endpoint (RFC 7009) to end a refresh token's session.
+func (c *tokenClient) revoke(ctx context.Context, refreshToken string) error {
+	if c.conn.RevocationURL == "" || refreshToken == "" {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, c.conn.RequestTimeout)
+	defer cancel()
+	form := url.Values{"token": {refreshToken}, "token_type_hint": {"refresh_token"}}
+	req, err := c.newRequest(ctx, c.conn.RevocationURL, form)
+	if err != nil {
+		return err
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return fmt.Errorf("revocation request failed: %s", describeNetError(err))
+	}
+	defer resp.Body.Close()
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, maxResponseBytes))
+	if resp.StatusCode/100 != 2 {
+		return fmt.Errorf("revocation endpoint answered HTTP %d", resp.StatusCode)
+	}
+	return nil
+}
+
+func (c *tokenClient) newRequest(ctx context.Context, endpoint string, form url.Values) (*http.Request, error) {
+	conn := c.conn
+	switch conn.ClientAuth {
+	case clientAuthBasic:
+		// RFC 6749 2.3.1: both parts are form-encoded before Basic encoding.
+	default:
+		if conn.ClientID != "" {
+			form.Set("client_id", conn.ClientID)
+		}
+		if conn.ClientSecret != "" {
+			form.Set("client_secret", conn.ClientSecret)
+		}
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, endpoint, strings.NewReader(form.Encode()))
+	if err != nil {
+		return nil, errors.New("cannot build the request: check token_url")
+	}
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	req.Header.Set("Accept", "application/json")
+	if conn.ClientAuth == clientAuthBasic {
+		req.SetBasicAuth(url.QueryEscape(conn.ClientID), url.QueryEscape(conn.ClientSecret))
+	}
+	return req, nil
+}
+
+// do sends one grant, retrying transient failures with jittered backoff inside the
+// connection's request_timeout.
+func (c *tokenClient) do(ctx context.Context, grant string, form url.Values) (*tokenResponse, error) {
+	ctx, cancel := context.WithTimeout(ctx, c.conn.RequestTimeout)
+	defer cancel()
+	delay := firstRetryDelay
+	for {
+		started := c.now()
+		tok, err := c.once(ctx, grant, form, started)
+		var gerr *grantError
+		if err == nil || !errors.As(err, &gerr) || gerr.kind != failTransient {
+			return tok, err
+		}
+		wait := delay/2 + rand.N(delay)
+		if gerr.retryAfter > 0 {
+			wait = gerr.retryAfter
+		}
+		deadline, _ := ctx.Deadline()
+		if time.Until(deadline) <= wait {
+			return nil, err
+		}
+		if c.sleep(ctx, wait) != nil {
+			return nil, err
+		}
+		delay *= 2
+	}
+}
+
+// once sends one HTTP request and classifies its outcome.
+func (c *tokenClient) once(ctx context.Context, grant string, form url.Values, started time.Time) (*tokenResponse, error) {
+	sent := false
+	trace := &httptrace.ClientTrace{WroteRequest: func(httptrace.WroteRequestInfo) { sent = true }}
+	req, err := c.newRequest(httptrace.WithClientTrace(ctx, trace), c.conn.TokenURL, form)
+	if err != nil {
+		return nil, &grantError{kind: failInvalid, grant: grant, detail: err.Error()}
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		kind := failTransient
+		if sent {
+			kind = failAmbiguous
+		}
+		return nil, &grantError{kind: kind, grant: grant, detail: describeNetError(err)}
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, maxResponseBytes+1))
+	if err != nil {
+		return nil, &grantError{kind: failAmbiguous, grant: grant, status: resp.StatusCode, detail: "reading the response failed: " + describeNetError(err)}
+	}
+	if len(body) > maxResponseBytes {
+		return nil, &grantError{kind: failAmbiguous, grant: grant, status: resp.StatusCode, detail: "response body is larger than 1 MiB"}
+	}
+	if resp.StatusCode >= 300 && resp.StatusCode < 400 {
+		return nil, &grantError{kind: failInvalid, grant: grant, status: resp.StatusCode, detail: fmt.Sprintf("token endpoint redirected to %q; redirects are not followed: set token_url to the final address", redirectTarget(resp))}
+	}
+	fields, parseErr := parseBody(resp.Header.Get("Content-Type"), body)
+	if resp.StatusCode/100 != 2 || fields["error"] != nil {
+		return nil, errorResponse(grant, resp, fields, parseErr)
+	}
+	if parseErr != nil {
+		return nil, &grantError{kind: failAmbiguous, grant: grant, status: resp.StatusCode, detail: "unreadable token response: " + parseErr.Error()}
+	}
+	tok, err := tokenFromFields(fields, started)
+	if err != nil {
+		return nil, &grantError{kind: failAmbiguous, grant: grant, status: resp.StatusCode, detail: "unusable token response: " + err.Error()}
+	}
+	return tok, nil
+}
+
+// errorResponse classifies a non-2xx answer, or a 2xx one that carries an OAuth2 error.
+func errorResponse(grant string, resp *http.Response, fields map[string]any, parseErr error) *grantError {
+	e := &grantError{grant: grant, status: resp.StatusCode}
+	e.code, _ = fields["error"].(string)
+	e.description, _ = fields["error_description"].(string)
+	if e.code == "" {
+		if parseErr != nil {
+			e.detail = fmt.Sprintf("token endpoint answered %s with a body that is not an OAuth2 error (%s)", http.StatusText(resp.StatusCode), mediaType(resp))
+		} else {
+			e.detail = fmt.Sprintf("token endpoint answered %s", http.StatusText(resp.StatusCode))
+		}
+	}
+	switch {
+	case resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode >= 500:
+		e.kind = failTransient
+		e.retryAfter = parseRetryAfter(resp.Header.Get("Retry-After"), time.Now())
+	case resp.StatusCode/100 == 2:
+		// A 200 carrying an error: the provider did answer, so the grant was refused.
+		e.kind = failRejected
+	default:
+		e.kind = failRejected
+	}
+	return e
+}
+
+// credentialsRejected reports whether a password grant failure means the account's
+// credentials (or the client's) were refused, as opposed to a malformed request.
+func (e *grantError) credentialsRejected() bool {
+	if e.kind != failRejected {
+		return false
+	}
+	switch e.code {
+	case "invalid_grant", "invalid_client", "unauthorized_client":
+		return true
+	}
+	return e.status == http.StatusUnauthorized
+}
+
+func mediaType(resp *http.Response) string {
+	mt, _, err := mime.ParseMediaType(resp.Header.Get("Content-Type"))
+	if err != nil || mt == "" {
+		return "no content type"
+	}
+	return mt
+}
+
+func redirectTarget(resp *http.Response) string {
+	loc, err := resp.Location()
+	if err != nil {
+		return "an unknown location"
+	}
+	return loc.Scheme + "://" + loc.Host + loc.Path
+}
+
+// describeNetError turns a transport error into text without the request URL's query.
+func describeNetError(err error) string {
+	var uerr *url.Error
+	if errors.As(err, &uerr) {
+		err = uerr.Err
+	}
+	var nerr net.Error
+	switch {
+	case errors.Is(err, context.DeadlineExceeded) || (errors.As(err, &nerr) && nerr.Timeout()):
+		return "no answer within request_timeout"
+	case errors.Is(err, context.Canceled):
+		return "request canceled"
+	}
+	return err.Error()
+}
+
+// parseRetryAfter reads a Retry-After header: delay seconds or an HTTP date.
+func parseRetryAfter(v string, now time.Time) time.Duration {
+	v = strings.TrimSpace(v)
+	if v == "" {
+		return 0
+	}
+	if secs, err := strconv.Atoi(v); err == nil && secs > 0 {
+		return time.Duration(secs) * time.Second
+	}
+	if t, err := http.ParseTime(v); err == nil && t.After(now) {
+		return t.Sub(now)
+	}
+	return 0
+}
+
+// parseBody decodes a token endpoint body: JSON, or a form-encoded body.
+func parseBody(contentType string, body []byte) (map[string]any, error) {
+	trimmed := bytes.TrimSpace(body)
+	mt, _, _ := mime.ParseMediaType(contentType)
+	if len(trimmed) > 0 && trimmed[0] == '{' {
+		dec := json.NewDecoder(bytes.NewReader(trimmed))
+		dec.UseNumber()
+		var fields map[string]any
+		if err := dec.Decode(&fields); err != nil {
+			return nil, errors.New("body is not valid JSON")
+		}
+		return fields, nil
+	}
+	if mt == "application/x-www-form-urlencoded" || mt == "text/plain" {
+		values, err := url.ParseQuery(string(trimmed))
+		if err != nil || len(values) == 0 {
+			return nil, errors.New("body is neither JSON nor form-encoded")
+		}
+		fields := make(map[string]any, len(values))
+		for k := range values {
+			fields[k] = values.Get(k)
+		}
+		return fields, nil
+	}
+	if len(trimmed) == 0 {
+		return nil, errors.New("body is empty")
+	}
+	return nil, fmt.Errorf("body is not JSON (content type %q)", mt)
+}
+
+// tokenFromFields builds a token from a decoded body, per the expiry rules: expires_in,
+// then expires_at, then the access token's JWT exp claim, else five minutes.
+func tokenFromFields(fields map[string]any, started time.Time) (*tokenResponse, error) {
+	tok := &tokenResponse{}
+	tok.AccessToken, _ = fields["access_token"].(string)
+	if tok.AccessToken == "" {
+		return nil, errors.New("no access_token in the response")
+	}
+	tok.TokenType, _ = fields["token_type"].(string)
+	if tok.TokenType == "" || strings.EqualFold(tok.TokenType, "bearer") {
+		tok.TokenType = "Bearer"
+	}
+	tok.Scope, _ = fields["scope"].(string)
+	tok.RefreshToken, _ = fields["refresh_token"].(string)
+	tok.ExpiresAt = expiryFromFields(fields, tok.AccessToken, started)
+	if secs, ok := number(fields["refresh_expires_in"]); ok && secs > 0 {
+		tok.RefreshExpiresAt = started.Add(secondsToDuration(secs))
+	}
+	return tok, nil
+}
+
+func expiryFromFields(fields map[string]any, accessToken string, started time.Time) time.Time {
+	if secs, ok := number(fields["expires_in"]); ok && secs > 0 {
+		return started.Add(secondsToDuration(secs))
+	}
+	if at, ok := parseExpiresAt(fields["expires_at"]); ok {
+		return at
+	}
+	if exp, ok := jwtExpiry(accessToken); ok {
+		return exp
+	}
+	return started.Add(fallbackLifetime)
+}
+
+// maxSeconds bounds any provider-given duration to 10 years, far below overflow.
+const maxSeconds = 10 * 365 * 24 * 3600
+
+func secondsToDuration(secs float64) time.Duration {
+	if secs > maxSeconds {
+		secs = maxSeconds
+	}
+	return time.Duration(secs * float64(time.Second))
+}
+
+// number reads a JSON number or a numeric string.
+func number(v any) (float64, bool) {
+	var s string
+	switch t := v.(type) {
+	case json.Number:
+		s = t.String()
+	case string:
+		s = strings.TrimSpace(t)
+	case float64:
+		return t, true
+	default:
+		return 0, false
+	}
+	f, err := strconv.ParseFloat(s, 64)
+	if err != nil || f != f { // NaN
+		return 0, false
+	}
+	return f, true
+}
+
+// unixMillisThreshold separates Unix seconds from Unix milliseconds: as seconds it is
+// the year 33658, as milliseconds September 2001.
+const unixMillisThreshold = 1e12
+
+// parseExpiresAt reads expires_at as Unix seconds, Unix milliseconds or RFC 3339.
+func parseExpiresAt(v any) (time.Time, bool) {
+	if v == nil {
+		return time.Time{}, false
+	}
+	if f, ok := number(v); ok {
+		return unixTime(f)
+	}
+	s, ok := v.(string)
+	if !ok {
+		return time.Time{}, false
+	}
+	t, err := time.Parse(time.RFC3339, strings.TrimSpace(s))
+	if err != nil {
+		return time.Time{}, false
+	}
+	return t.UTC(), true
+}
+
+func unixTime(f float64) (time.Time, bool) {
+	if f <= 0 || f > unixMillisThreshold*1000 {
+		return time.Time{}, false
+	}
+	if f >= unixMillisThreshold {
+		return time.UnixMilli(int64(f)).UTC(), true
+	}
+	return time.Unix(int64(f), 0).UTC(), true
+}
+
+// jwtExpiry reads the exp claim of a JWT without verifying it: the token is the
+// provider's business, only its lifetime is ours.
+func jwtExpiry(token string) (time.Time, bool) {
+	parts := strings.Split(token, ".")
+	if len(parts) != 3 {
+		return time.Time{}, false
+	}
+	payload, err := base64.RawURLEncoding.DecodeString(strings.TrimRight(parts[1], "="))
+	if err != nil {
+		return time.Time{}, false
+	}
+	dec := json.NewDecoder(bytes.NewReader(payload))
+	dec.UseNumber()
+	var claims map[string]any
+	if dec.Decode(&claims) != nil {
+		return time.Time{}, false
+	}
+	f, ok := number(claims["exp"])
+	if !ok {
+		return time.Time{}, false
+	}
+	return unixTime(f)
+}
+
+// checkTokenURL allows https everywhere and http only for loopback hosts.
+func checkEndpoint(field, raw string) error {
+	u, err := url.Parse(raw)
+	if err != nil || u.Host == "" {
+		return fmt.Errorf("%s %q is not an absolute URL", field, raw)
+	}
+	switch u.Scheme {
+	case "https":
+		return nil
+	case "http":
+		if isLoopback(u.Hostname()) {
+			return nil
+		}
+		return fmt.Errorf("%s must use https:// (http:// is allowed only for loopback hosts)", field)
+	default:
+		return fmt.Errorf("%s must use https://", field)
+	}
+}
+
+func isLoopback(host string) bool {
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+// sleepContext waits d or until ctx ends.
+func sleepContext(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}

@@ -1,0 +1,526 @@
+package bearer
+
+import (
+	"context"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"maps"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/vault/sdk/framework"
+	"github.com/hashicorp/vault/sdk/logical"
+)
+
+const (
+	clientAuthBody  = "body"
+	clientAuthBasic = "basic"
+
+	providerGeneric  = "generic"
+	providerMindbaz  = "mindbaz"
+	providerKeycloak = "keycloak"
+	providerApiax    = "apiax"
+
+	defaultRequestTimeout = 10 * time.Second
+)
+
+// connEntry is a connection as stored at config/<name>.
+type connEntry struct {
+	Provider        string            `json:"provider"`
+	Issuer          string            `json:"issuer,omitempty"`
+	TokenURL        string            `json:"token_url"`
+	RevocationURL   string            `json:"revocation_url,omitempty"`
+	ClientID        string            `json:"client_id,omitempty"`
+	ClientSecret    string            `json:"client_secret,omitempty"`
+	ClientAuth      string            `json:"client_auth"`
+	Username        string            `json:"username"`
+	Password        string            `json:"password"`
+	PasswordParams  map[string]string `json:"password_params,omitempty"`
+	RefreshParams   map[string]string `json:"refresh_params,omitempty"`
+	CACert          string            `json:"ca_cert,omitempty"`
+	RequestTimeout  time.Duration     `json:"request_timeout"`
+	RefreshTokenTTL time.Duration     `json:"refresh_token_ttl,omitempty"`
+
+	// CredentialsVersion changes whenever the password or the client secret does, which
+	// lifts a "credentials rejected" state recorded against an older version.
+	CredentialsVersion uint64 `json:"credentials_version"`
+	// AccountVersion changes whenever the token URL, client or username does: tokens
+	// obtained for an older version belong to another account and are discarded.
+	AccountVersion uint64 `json:"account_version"`
+}
+
+// preset holds the defaults a provider name fills in.
+type preset struct {
+	issuer          string
+	tokenURL        string
+	clientID        string
+	refreshParams   map[string]string
+	refreshTokenTTL time.Duration
+	keycloak        bool // token and revocation URLs derive from the issuer
+}
+
+var presets = map[string]preset{
+	providerGeneric: {},
+	providerMindbaz: {
+		tokenURL:        "https://sso.mindbaz.com/oauth2/token",
+		clientID:        "100",
+		refreshTokenTTL: 7 * 24 * time.Hour,
+	},
+	providerKeycloak: {keycloak: true},
+	providerApiax: {
+		keycloak: true,
+		issuer:   "https://auth.apiax.io/auth/realms/apiax",
+		clientID: "integration-api",
+		refreshParams: map[string]string{
+			"client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+		},
+		refreshTokenTTL: 14 * 24 * time.Hour,
+	},
+}
+
+func pathConfig(b *backend) []*framework.Path {
+	return []*framework.Path{
+		{
+			Pattern: "config/" + framework.GenericNameRegex("name"),
+			DisplayAttrs: &framework.DisplayAttributes{
+				OperationPrefix: operationPrefix,
+				OperationSuffix: "connection",
+			},
+			Fields: map[string]*framework.FieldSchema{
+				"name": {
+					Type:        framework.TypeLowerCaseString,
+					Description: "Name of the connection.",
+					Required:    true,
+				},
+				"provider": {
+					Type:          framework.TypeString,
+					Description:   "Preset that fills defaults: generic, mindbaz, keycloak (needs issuer) or apiax.",
+					Default:       providerGeneric,
+					AllowedValues: []any{providerGeneric, providerMindbaz, providerKeycloak, providerApiax},
+				},
+				"issuer": {
+					Type:        framework.TypeString,
+					Description: "Keycloak realm URL (https://host/realms/<realm>), for provider=keycloak: token_url and revocation_url derive from it.",
+				},
+				"token_url": {
+					Type:        framework.TypeString,
+					Description: "Token endpoint. Must be https://; http:// is allowed only for loopback hosts. Defaults from the preset.",
+				},
+				"revocation_url": {
+					Type:        framework.TypeString,
+					Description: "Optional RFC 7009 revocation endpoint, used to end a session that is discarded.",
+				},
+				"client_id": {
+					Type:        framework.TypeString,
+					Description: "OAuth2 client ID. Defaults from the preset.",
+				},
+				"client_secret": {
+					Type:         framework.TypeString,
+					Description:  "Optional OAuth2 client secret. Never returned.",
+					DisplayAttrs: &framework.DisplayAttributes{Sensitive: true},
+				},
+				"client_auth": {
+					Type:          framework.TypeString,
+					Description:   "Where the client credentials go: the form body (body) or HTTP Basic (basic).",
+					Default:       clientAuthBody,
+					AllowedValues: []any{clientAuthBody, clientAuthBasic},
+				},
+				"username": {
+					Type:        framework.TypeString,
+					Description: "Account username for the password grant. Required.",
+				},
+				"password": {
+					Type:         framework.TypeString,
+					Description:  "Account password for the password grant. Required; never returned and never logged.",
+					DisplayAttrs: &framework.DisplayAttributes{Sensitive: true},
+				},
+				"password_params": {
+					Type:        framework.TypeKVPairs,
+					Description: "Extra form fields sent with the password grant (replaces the preset's).",
+				},
+				"refresh_params": {
+					Type:        framework.TypeKVPairs,
+					Description: "Extra form fields sent with the refresh grant (replaces the preset's).",
+				},
+				"ca_cert": {
+					Type:        framework.TypeString,
+					Description: "PEM CA certificates: if set, the only roots trusted for this connection's TLS.",
+				},
+				"request_timeout": {
+					Type:        framework.TypeDurationSecond,
+					Description: "Time allowed for each token request to the provider, retries included.",
+					Default:     int(defaultRequestTimeout.Seconds()),
+				},
+				"refresh_token_ttl": {
+					Type:        framework.TypeDurationSecond,
+					Description: "Refresh token lifetime to assume when the provider does not say (mindbaz preset: 168h). 0: unknown.",
+				},
+				"verify": {
+					Type:        framework.TypeBool,
+					Description: "On write, perform one password login and refuse to save the connection if it fails. Not stored.",
+					Default:     true,
+				},
+			},
+			ExistenceCheck: b.connectionExists,
+			Operations: map[logical.Operation]framework.OperationHandler{
+				logical.CreateOperation: &framework.PathOperation{
+					Callback:                    b.pathConfigWrite,
+					ForwardPerformanceStandby:   true,
+					ForwardPerformanceSecondary: true,
+				},
+				logical.UpdateOperation: &framework.PathOperation{
+					Callback:                    b.pathConfigWrite,
+					ForwardPerformanceStandby:   true,
+					ForwardPerformanceSecondary: true,
+				},
+				logical.ReadOperation: &framework.PathOperation{
+					Callback: b.pathConfigRead,
+				},
+				logical.DeleteOperation: &framework.PathOperation{
+					Callback:                    b.pathConfigDelete,
+					ForwardPerformanceStandby:   true,
+					ForwardPerformanceSecondary: true,
+				},
+			},
+			HelpSynopsis:    pathConfigHelpSyn,
+			HelpDescription: pathConfigHelpDesc,
+		},
+		{
+			Pattern: "config/?$",
+			DisplayAttrs: &framework.DisplayAttributes{
+				OperationPrefix: operationPrefix,
+				OperationSuffix: "connections",
+			},
+			Operations: map[logical.Operation]framework.OperationHandler{
+				logical.ListOperation: &framework.PathOperation{
+					Callback: b.pathConfigList,
+				},
+			},
+			HelpSynopsis:    pathConfigListHelpSyn,
+			HelpDescription: pathConfigListHelpDesc,
+		},
+	}
+}
+
+func (b *backend) connectionExists(ctx context.Context, req *logical.Request, d *framework.FieldData) (bool, error) {
+	entry, err := b.connection(ctx, req.Storage, d.Get("name").(string))
+	return entry != nil, err
+}
+
+func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
+	name := d.Get("name").(string)
+	old, err := b.connection(ctx, req.Storage, name)
+	if err != nil {
+		return nil, err
+	}
+	entry, err := mergeConnection(old, d)
+	if err != nil {
+		return logical.ErrorResponse("connection %q: %s", name, err), nil
+	}
+
+	if d.Get("verify").(bool) {
+		if err := b.verifyLogin(ctx, entry); err != nil {
+			return logical.ErrorResponse("connection %q not saved: verification login as %q failed: %s; check the credentials and endpoint, or write with verify=false to save anyway",
+				name, entry.Username, redact(err.Error(), entry.Password, entry.ClientSecret)), nil
+		}
+	}
+
+	if err := putJSON(ctx, req.Storage, configPrefix+name, entry); err != nil {
+		return nil, err
+	}
+	b.invalidateMu.Lock()
+	b.generation.Add(1)
+	b.dropConnection(name)
+	b.conns.Store(name, entry)
+	b.invalidateMu.Unlock()
+	b.Logger().Info("connection saved", "connection", name, "provider", entry.Provider, "username", entry.Username)
+	return nil, nil
+}
+
+// mergeConnection applies a partial update to old (nil on create) and validates the result.
+func mergeConnection(old *connEntry, d *framework.FieldData) (*connEntry, error) {
+	entry := &connEntry{Provider: providerGeneric, ClientAuth: clientAuthBody, RequestTimeout: defaultRequestTimeout}
+	if old != nil {
+		copied := *old
+		entry = &copied
+	}
+
+	providerChanged := old == nil
+	if v, ok := d.GetOk("provider"); ok && v.(string) != entry.Provider {
+		entry.Provider = v.(string)
+		providerChanged = true
+	}
+	p, ok := presets[entry.Provider]
+	if !ok {
+		return nil, fmt.Errorf("unknown provider %q: use generic, mindbaz, keycloak or apiax", entry.Provider)
+	}
+	if providerChanged {
+		// Fields the preset fills take the preset's values; the request's own fields
+		// are applied after this.
+		entry.Issuer = p.issuer
+		entry.TokenURL, entry.RevocationURL = p.tokenURL, ""
+		entry.ClientID = p.clientID
+		entry.PasswordParams = nil
+		entry.RefreshParams = maps.Clone(p.refreshParams)
+		entry.RefreshTokenTTL = p.refreshTokenTTL
+	}
+	issuerChanged := false
+	if v, ok := d.GetOk("issuer"); ok && strings.TrimSpace(v.(string)) != entry.Issuer {
+		entry.Issuer = strings.TrimSpace(v.(string))
+		issuerChanged = true
+	}
+	if (providerChanged || issuerChanged) && p.keycloak && entry.Issuer != "" {
+		base := strings.TrimRight(entry.Issuer, "/")
+		entry.TokenURL = base + "/protocol/openid-connect/token"
+		entry.RevocationURL = base + "/protocol/openid-connect/revoke"
+	}
+
+	strField := func(field string, dst *string) {
+		if v, ok := d.GetOk(field); ok {
+			*dst = strings.TrimSpace(v.(string))
+		}
+	}
+	strField("token_url", &entry.TokenURL)
+	strField("revocation_url", &entry.RevocationURL)
+	strField("client_id", &entry.ClientID)
+	strField("client_auth", &entry.ClientAuth)
+	strField("username", &entry.Username)
+	strField("ca_cert", &entry.CACert)
+	if v, ok := d.GetOk("password"); ok {
+		entry.Password = v.(string)
+	}
+	if v, ok := d.GetOk("client_secret"); ok {
+		entry.ClientSecret = v.(string)
+	}
+	if v, ok := d.GetOk("password_params"); ok {
+		entry.PasswordParams = v.(map[string]string)
+	}
+	if v, ok := d.GetOk("refresh_params"); ok {
+		entry.RefreshParams = v.(map[string]string)
+	}
+	if v, ok := d.GetOk("request_timeout"); ok {
+		entry.RequestTimeout = time.Duration(v.(int)) * time.Second
+	}
+	if v, ok := d.GetOk("refresh_token_ttl"); ok {
+		entry.RefreshTokenTTL = time.Duration(v.(int)) * time.Second
+	}
+
+	if err := validateConnection(entry); err != nil {
+		return nil, err
+	}
+	if old == nil || old.Password != entry.Password || old.ClientSecret != entry.ClientSecret {
+		entry.CredentialsVersion++
+	}
+	if old == nil || old.TokenURL != entry.TokenURL || old.ClientID != entry.ClientID || old.Username != entry.Username {
+		entry.AccountVersion++
+		entry.CredentialsVersion++
+	}
+	return entry, nil
+}
+
+func validateConnection(entry *connEntry) error {
+	p := presets[entry.Provider]
+	switch {
+	case p.keycloak && entry.Issuer == "" && entry.TokenURL == "":
+		return errors.New("provider=keycloak needs issuer (the realm URL, e.g. https://sso.example.com/realms/myrealm)")
+	case entry.TokenURL == "":
+		return errors.New("token_url is required for provider=generic")
+	case entry.Username == "":
+		return errors.New("username is required")
+	case entry.Password == "":
+		return errors.New("password is required")
+	case entry.ClientAuth != clientAuthBody && entry.ClientAuth != clientAuthBasic:
+		return fmt.Errorf("client_auth must be body or basic, not %q", entry.ClientAuth)
+	case entry.ClientAuth == clientAuthBasic && entry.ClientID == "":
+		return errors.New("client_auth=basic needs client_id")
+	case entry.RequestTimeout <= 0:
+		return errors.New("request_timeout must be positive")
+	case entry.RefreshTokenTTL < 0:
+		return errors.New("refresh_token_ttl must not be negative")
+	}
+	if entry.Issuer != "" {
+		if err := checkEndpoint("issuer", entry.Issuer); err != nil {
+			return err
+		}
+	}
+	if err := checkEndpoint("token_url", entry.TokenURL); err != nil {
+		return err
+	}
+	if entry.RevocationURL != "" {
+		if err := checkEndpoint("revocation_url", entry.RevocationURL); err != nil {
+			return err
+		}
+	}
+	if entry.CACert != "" {
+		if err := checkPEM(entry.CACert); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func checkPEM(s string) error {
+	rest := []byte(s)
+	found := false
+	for {
+		var block *pem.Block
+		block, rest = pem.Decode(rest)
+		if block == nil {
+			break
+		}
+		if block.Type != "CERTIFICATE" {
+			continue
+		}
+		if _, err := x509.ParseCertificate(block.Bytes); err != nil {
+			return fmt.Errorf("ca_cert holds an unreadable certificate: %s", err)
+		}
+		found = true
+	}
+	if !found {
+		return errors.New("ca_cert holds no PEM certificate")
+	}
+	return nil
+}
+
+// verifyLogin performs one password login with a candidate connection, then ends the
+// session it opened (best effort) so that no unused refresh token lingers.
+func (b *backend) verifyLogin(ctx context.Context, entry *connEntry) error {
+	hc, err := newHTTPClient(entry)
+	if err != nil {
+		return err
+	}
+	defer hc.CloseIdleConnections()
+	c := &tokenClient{conn: entry, http: hc, now: b.now, sleep: b.sleep}
+	tok, err := c.passwordGrant(ctx, nil)
+	if err != nil {
+		return err
+	}
+	if err := c.revoke(ctx, tok.RefreshToken); err != nil {
+		b.Logger().Debug("could not revoke the verification session", "error", err)
+	}
+	return nil
+}
+
+// pathConfigRead returns the connection without its secrets: password and client_secret
+// are never returned, only whether they are set.
+func (b *backend) pathConfigRead(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
+	name := d.Get("name").(string)
+	entry, err := b.connection(ctx, req.Storage, name)
+	if err != nil {
+		return nil, err
+	}
+	if entry == nil {
+		return nil, nil
+	}
+	return &logical.Response{Data: map[string]any{
+		"provider":          entry.Provider,
+		"issuer":            entry.Issuer,
+		"token_url":         entry.TokenURL,
+		"revocation_url":    entry.RevocationURL,
+		"client_id":         entry.ClientID,
+		"client_auth":       entry.ClientAuth,
+		"client_secret_set": entry.ClientSecret != "",
+		"username":          entry.Username,
+		"password_set":      entry.Password != "",
+		"password_params":   nonNilMap(entry.PasswordParams),
+		"refresh_params":    nonNilMap(entry.RefreshParams),
+		"ca_cert":           entry.CACert,
+		"request_timeout":   int64(entry.RequestTimeout.Seconds()),
+		"refresh_token_ttl": int64(entry.RefreshTokenTTL.Seconds()),
+	}}, nil
+}
+
+func nonNilMap(m map[string]string) map[string]string {
+	if m == nil {
+		return map[string]string{}
+	}
+	return m
+}
+
+func (b *backend) pathConfigDelete(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
+	name := d.Get("name").(string)
+	users, err := b.rolesUsing(ctx, req.Storage, name)
+	if err != nil {
+		return nil, err
+	}
+	if len(users) > 0 {
+		return logical.ErrorResponse("connection %q is used by roles %s: delete them or point them to another connection first", name, strings.Join(users, ", ")), nil
+	}
+	if err := req.Storage.Delete(ctx, configPrefix+name); err != nil {
+		return nil, fmt.Errorf("deleting connection %q: %w", name, err)
+	}
+	b.invalidateMu.Lock()
+	b.generation.Add(1)
+	b.dropConnection(name)
+	b.invalidateMu.Unlock()
+	return nil, nil
+}
+
+func (b *backend) pathConfigList(ctx context.Context, req *logical.Request, _ *framework.FieldData) (*logical.Response, error) {
+	names, err := req.Storage.List(ctx, configPrefix)
+	if err != nil {
+		return nil, fmt.Errorf("listing connections: %w", err)
+	}
+	return logical.ListResponse(names), nil
+}
+
+// connection returns a connection from the cache, loading it from storage on a miss.
+func (b *backend) connection(ctx context.Context, s logical.Storage, name string) (*connEntry, error) {
+	if v, ok := b.conns.Load(name); ok {
+		return v.(*connEntry), nil
+	}
+	gen := b.generation.Load()
+	entry := new(connEntry)
+	found, err := getJSON(ctx, s, configPrefix+name, entry)
+	if err != nil || !found {
+		return nil, err
+	}
+	b.cacheIfCurrent(&b.conns, name, entry, gen)
+	return entry, nil
+}
+
+// rolesUsing lists the roles that use a connection, sorted.
+func (b *backend) rolesUsing(ctx context.Context, s logical.Storage, conn string) ([]string, error) {
+	names, err := s.List(ctx, rolePrefix)
+	if err != nil {
+		return nil, fmt.Errorf("listing roles: %w", err)
+	}
+	var users []string
+	for _, name := range names {
+		role, err := b.role(ctx, s, name)
+		if err != nil {
+			return nil, err
+		}
+		if role != nil && role.Config == conn {
+			users = append(users, name)
+		}
+	}
+	sort.Strings(users)
+	return users, nil
+}
+
+const pathConfigHelpSyn = `Manage a connection: a provider's token endpoint and the account to log in with.`
+
+const pathConfigHelpDesc = `
+A connection holds what the engine needs to obtain tokens: the token endpoint
+(directly, or from a preset: mindbaz, keycloak with issuer, apiax), the OAuth2 client
+and the account's username and password. Writes are partial updates: a field left out
+keeps its stored value. Changing provider resets the preset-derived fields (issuer,
+token_url, revocation_url, client_id, password_params, refresh_params,
+refresh_token_ttl) that the write does not set; with a Keycloak preset, changing
+issuer derives token_url and revocation_url again.
+
+By default a write performs one password login (verify=true) and is refused if the
+login fails. Reads never return password or client_secret: password_set and
+client_secret_set say whether they are set. Changing the password or client secret
+lifts a "credentials rejected" state of the roles using the connection and keeps their
+valid tokens; changing token_url, client_id or username discards their tokens.
+A connection still used by roles cannot be deleted.
+`
+
+const pathConfigListHelpSyn = `List the connections.`
+
+const pathConfigListHelpDesc = `Lists the names of the configured connections.`

@@ -1,0 +1,156 @@
+package bearer
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/hashicorp/vault/sdk/framework"
+	"github.com/hashicorp/vault/sdk/helper/locksutil"
+	"github.com/hashicorp/vault/sdk/logical"
+)
+
+func pathCreds(b *backend) []*framework.Path {
+	return []*framework.Path{
+		{
+			Pattern: "creds/" + framework.GenericNameRegex("name"),
+			DisplayAttrs: &framework.DisplayAttributes{
+				OperationPrefix: operationPrefix,
+				OperationSuffix: "credentials",
+			},
+			Fields: map[string]*framework.FieldSchema{
+				"name": {
+					Type:        framework.TypeLowerCaseString,
+					Description: "Name of the role.",
+					Required:    true,
+				},
+				"min_ttl": {
+					Type:        framework.TypeDurationSecond,
+					Description: "Ask for a token valid for at least this long, when more than the role's min_ttl (capped at half the token's lifetime).",
+					Query:       true,
+				},
+			},
+			Operations: map[logical.Operation]framework.OperationHandler{
+				// The read is not forwarded: a cached token is served by any node, and a
+				// read that needs the provider answers ErrReadOnly on a node that cannot
+				// write, so Vault runs it on the active node.
+				logical.ReadOperation: &framework.PathOperation{
+					Callback: b.pathCredsRead,
+					Summary:  "Get a valid access token.",
+					Responses: map[int][]framework.Response{
+						200: {{Description: "OK", Fields: credsResponseFields}},
+					},
+				},
+				logical.UpdateOperation: &framework.PathOperation{
+					Callback:                    b.pathCredsRenew,
+					Summary:                     "Get a new access token now.",
+					ForwardPerformanceStandby:   true,
+					ForwardPerformanceSecondary: true,
+					DisplayAttrs:                &framework.DisplayAttributes{OperationVerb: "renew"},
+					Responses: map[int][]framework.Response{
+						200: {{Description: "OK", Fields: credsResponseFields}},
+					},
+				},
+				logical.DeleteOperation: &framework.PathOperation{
+					Callback:                    b.pathCredsDelete,
+					Summary:                     "Forget the role's tokens; the next read logs in with the password.",
+					ForwardPerformanceStandby:   true,
+					ForwardPerformanceSecondary: true,
+				},
+			},
+			HelpSynopsis:    pathCredsHelpSyn,
+			HelpDescription: pathCredsHelpDesc,
+		},
+	}
+}
+
+var credsResponseFields = map[string]*framework.FieldSchema{
+	"access_token":    {Type: framework.TypeString, Description: "The bearer access token."},
+	"token_type":      {Type: framework.TypeString, Description: "Always Bearer."},
+	"expires_at":      {Type: framework.TypeString, Description: "When the access token expires (RFC 3339, UTC)."},
+	"expires_in":      {Type: framework.TypeInt64, Description: "Whole seconds until the access token expires."},
+	"scope":           {Type: framework.TypeString, Description: "The token's scope, if the provider returned one."},
+	"ttl":             {Type: framework.TypeInt64, Description: "Whole seconds until the engine hands out a newer token (at least 1)."},
+	"rotation_period": {Type: framework.TypeInt64, Description: "The token's full lifetime in seconds."},
+}
+
+func (b *backend) pathCredsRead(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
+	minTTL := time.Duration(d.Get("min_ttl").(int)) * time.Second
+	res, err := b.getToken(ctx, req.Storage, d.Get("name").(string), minTTL, false)
+	if err != nil {
+		return responseError(req.MountPoint, err)
+	}
+	return credsResponse(res, b.now()), nil
+}
+
+func (b *backend) pathCredsRenew(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
+	minTTL := time.Duration(d.Get("min_ttl").(int)) * time.Second
+	res, err := b.getToken(ctx, req.Storage, d.Get("name").(string), minTTL, true)
+	if err != nil {
+		return responseError(req.MountPoint, err)
+	}
+	return credsResponse(res, b.now()), nil
+}
+
+func (b *backend) pathCredsDelete(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
+	name := d.Get("name").(string)
+	lock := locksutil.LockForKey(b.roleLocks, name)
+	lock.Lock()
+	defer lock.Unlock()
+	role, err := b.role(ctx, req.Storage, name)
+	if err != nil {
+		return nil, err
+	}
+	if role == nil {
+		return logical.ErrorResponse("role %q does not exist", name), nil
+	}
+	if err := b.discardTokens(ctx, req.Storage, name, "creds deleted"); err != nil {
+		return nil, fmt.Errorf("discarding the tokens of role %q: %w", name, err)
+	}
+	b.forget(name)
+	return nil, nil
+}
+
+// credsResponse is the data of a creds read: the access token and its timing, never
+// the refresh token. There is no lease: an OAuth2 access token cannot be revoked
+// through Vault. ttl and rotation_period make Vault Agent re-read when a newer token
+// is available.
+func credsResponse(res *tokenResult, now time.Time) *logical.Response {
+	t := res.token
+	left := t.ExpiresAt.Sub(now)
+	ttl := max(int64((left-t.effectiveMinTTL(res.minTTL))/time.Second), 1)
+	data := map[string]any{
+		"access_token":    t.AccessToken,
+		"token_type":      "Bearer",
+		"expires_at":      t.ExpiresAt.UTC().Format(time.RFC3339),
+		"expires_in":      int64(left / time.Second),
+		"ttl":             ttl,
+		"rotation_period": int64(t.lifetime() / time.Second),
+	}
+	if t.Scope != "" {
+		data["scope"] = t.Scope
+	}
+	resp := &logical.Response{Data: data}
+	for _, w := range res.warnings {
+		resp.AddWarning(w)
+	}
+	return resp
+}
+
+const pathCredsHelpSyn = `Get a valid bearer access token for a role.`
+
+const pathCredsHelpDesc = `
+Read returns an access token valid for at least the role's min_ttl (the min_ttl query
+parameter may ask for more): the cached token while it is valid enough, otherwise a new
+one from the stored refresh token, otherwise from a password login. The response holds
+access_token, token_type (Bearer), expires_at, expires_in, scope (if any), ttl (seconds
+until a newer token is handed out, at least 1) and rotation_period (the token's full
+lifetime). There is no lease, and never the refresh token or the password. When the
+token is served after a failed renewal, the response carries a warning.
+
+Write (vault write -f) gets a new token now: refresh grant, falling back to the
+password grant. Delete forgets the stored tokens (ending the session at the
+connection's revocation_url when set); the next read logs in with the password.
+
+Apps need only the read capability on this path.
+`
