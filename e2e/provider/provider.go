@@ -7,7 +7,9 @@
 //     credentials) and grant_type=refresh_token;
 //   - every refresh rotates the refresh token: the presented one dies, and
 //     presenting a used refresh token again is treated as theft: fosite
-//     revokes the whole token family and answers invalid_grant;
+//     revokes the whole token family and answers invalid_grant; an access
+//     token stays valid until it expires, as the JWTs of Keycloak and
+//     Mindbaz do, unless its family is revoked;
 //   - the main client is public (client_id in the form body, no secret), an
 //     optional confidential client authenticates with client_secret in the
 //     body or with HTTP Basic;
@@ -129,13 +131,22 @@ type Provider struct {
 	// introspectorSecret authenticates the Introspect helper.
 	introspectorSecret string
 
-	// mu guards counts, events, forms, accessTokens and refreshTokens.
+	// mu guards counts, events, forms, issued and refreshTokens.
 	mu            sync.Mutex
 	counts        Counts
 	events        []Event
 	forms         []string
-	accessTokens  []string
+	issued        []Issued
 	refreshTokens []string
+}
+
+// Issued is one successful token response.
+type Issued struct {
+	GrantType    string
+	AccessToken  string
+	RefreshToken string // empty if none was issued
+	IssuedAt     time.Time
+	ExpiresAt    time.Time // of the access token, from expires_in
 }
 
 // New starts a Provider listening on cfg.Addr. Stop it with Close.
@@ -175,7 +186,7 @@ func New(cfg Config) (*Provider, error) {
 		HashCost: 4,
 	}
 
-	store := storage.NewMemoryStore()
+	store := &rotatingStore{MemoryStore: storage.NewMemoryStore()}
 	grants := fosite.Arguments{"password", "refresh_token"}
 	store.Clients[cfg.ClientID] = &fosite.DefaultClient{
 		ID:         cfg.ClientID,
@@ -274,11 +285,23 @@ func (p *Provider) Forms() []string {
 	return append([]string(nil), p.forms...)
 }
 
-// AccessTokens returns every access token issued, oldest first.
-func (p *Provider) AccessTokens() []string {
+// Issued returns every successful token response, oldest first.
+func (p *Provider) Issued() []Issued {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return append([]string(nil), p.accessTokens...)
+	return append([]Issued(nil), p.issued...)
+}
+
+// Lookup finds the token response that issued accessToken.
+func (p *Provider) Lookup(accessToken string) (Issued, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, is := range p.issued {
+		if is.AccessToken == accessToken {
+			return is, true
+		}
+	}
+	return Issued{}, false
 }
 
 // RefreshTokens returns every refresh token issued, oldest first.
@@ -348,10 +371,19 @@ func (p *Provider) handleToken(w http.ResponseWriter, r *http.Request) {
 		}
 		var resp fosite.AccessResponder
 		if resp, err = p.oauth.NewAccessResponse(ctx, ar); err == nil {
+			now := time.Now()
+			expiresIn, _ := resp.GetExtra("expires_in").(int64)
+			is := Issued{
+				GrantType:   ev.GrantType,
+				AccessToken: resp.GetAccessToken(),
+				IssuedAt:    now,
+				ExpiresAt:   now.Add(time.Duration(expiresIn) * time.Second),
+			}
+			is.RefreshToken, _ = resp.GetExtra("refresh_token").(string)
 			p.mu.Lock()
-			p.accessTokens = append(p.accessTokens, resp.GetAccessToken())
-			if rt, ok := resp.GetExtra("refresh_token").(string); ok && rt != "" {
-				p.refreshTokens = append(p.refreshTokens, rt)
+			p.issued = append(p.issued, is)
+			if is.RefreshToken != "" {
+				p.refreshTokens = append(p.refreshTokens, is.RefreshToken)
 			}
 			p.mu.Unlock()
 			p.oauth.WriteAccessResponse(ctx, w, ar, resp)
@@ -467,4 +499,16 @@ func randomHex(n int) string {
 		panic(err) // crypto/rand never fails on supported platforms
 	}
 	return hex.EncodeToString(b)
+}
+
+// rotatingStore changes one thing in fosite's memory store: a refresh
+// retires the presented refresh token but leaves the previous access token
+// valid until it expires (fosite's example store also deletes it). Reuse
+// detection still revokes the whole family, access token included.
+type rotatingStore struct {
+	*storage.MemoryStore
+}
+
+func (s *rotatingStore) RotateRefreshToken(ctx context.Context, requestID, _ string) error {
+	return s.RevokeRefreshToken(ctx, requestID)
 }
