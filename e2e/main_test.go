@@ -195,3 +195,23 @@ func assertCounts(t testing.TB, p *provider.Provider, before provider.Counts, wa
 		t.Errorf("%s: provider traffic %+v, want %+v", what, got, want)
 	}
 }
+
+// forceCreds asks for a new token now (`vault write -f bearer/creds/<role>`
+// over HTTP) with the root token.
+func forceCreds(t testing.TB, s *harness.Server, role string) creds {
+	t.Helper()
+	r := s.MustDo(http.MethodPost, "/v1/bearer/creds/"+role, map[string]any{}, http.StatusOK)
+	c, err := parseCreds(t, r.Data, r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// restart stops a persistent server, starts it again and unseals it.
+func restart(s *harness.Server) {
+	s.Stop()
+	s.Start()
+	s.Unseal()
+	s.WaitActive()
+}

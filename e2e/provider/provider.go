@@ -143,6 +143,7 @@ type Provider struct {
 // Issued is one successful token response.
 type Issued struct {
 	GrantType    string
+	ClientID     string
 	AccessToken  string
 	RefreshToken string // empty if none was issued
 	IssuedAt     time.Time
@@ -375,6 +376,7 @@ func (p *Provider) handleToken(w http.ResponseWriter, r *http.Request) {
 			expiresIn, _ := resp.GetExtra("expires_in").(int64)
 			is := Issued{
 				GrantType:   ev.GrantType,
+				ClientID:    ev.ClientID,
 				AccessToken: resp.GetAccessToken(),
 				IssuedAt:    now,
 				ExpiresAt:   now.Add(time.Duration(expiresIn) * time.Second),
