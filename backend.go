@@ -6,7 +6,6 @@ package bearer
 import (
 	"context"
 	"errors"
-	"net/http"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -60,7 +59,7 @@ type backend struct {
 	cache sync.Map
 	// conns maps a connection name to its *connEntry as stored.
 	conns sync.Map
-	// clients maps a connection name to the *http.Client built for it.
+	// clients maps a connection name to the *tokenClient built for it.
 	clients sync.Map
 	// pending maps a role name to a *tokenEntry that could not be persisted yet.
 	// Read and written only under the role's lock.
@@ -145,7 +144,7 @@ func (b *backend) clean(context.Context) {
 	b.cache.Clear()
 	b.conns.Clear()
 	b.clients.Range(func(_, v any) bool {
-		v.(*http.Client).CloseIdleConnections()
+		v.(*tokenClient).http.CloseIdleConnections()
 		return true
 	})
 	b.clients.Clear()

@@ -205,6 +205,7 @@ func (c *tokenClient) do(ctx context.Context, grant string, form url.Values) (*t
 	ctx, cancel := context.WithTimeout(ctx, c.conn.RequestTimeout)
 	defer cancel()
 	delay := firstRetryDelay
+	var waited time.Duration
 	for {
 		started := c.now()
 		tok, err := c.once(ctx, grant, form, started)
@@ -216,10 +217,13 @@ func (c *tokenClient) do(ctx context.Context, grant string, form url.Values) (*t
 		if gerr.retryAfter > 0 {
 			wait = gerr.retryAfter
 		}
+		// Stop when the pause would not fit in request_timeout, by the clock and by
+		// the sum of the pauses so far.
 		deadline, _ := ctx.Deadline()
-		if time.Until(deadline) <= wait {
+		if time.Until(deadline) <= wait || waited+wait >= c.conn.RequestTimeout {
 			return nil, err
 		}
+		waited += wait
 		if c.sleep(ctx, wait) != nil {
 			return nil, err
 		}

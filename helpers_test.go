@@ -1,0 +1,445 @@
+package bearer
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/vault/sdk/logical"
+)
+
+// testClock is a clock that moves only when a test says so.
+type testClock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func newTestClock() *testClock {
+	return &testClock{now: time.Date(2026, 3, 2, 9, 0, 0, 0, time.UTC)}
+}
+
+func (c *testClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+func (c *testClock) Add(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.now = c.now.Add(d)
+}
+
+// syncBuffer collects log output from concurrent writers.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.buf.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.buf.String()
+}
+
+// testStorage counts storage operations and fails writes on demand.
+type testStorage struct {
+	logical.Storage
+	gets, puts, lists atomic.Int64
+	failPuts          atomic.Bool
+}
+
+var errStorageDown = errors.New("storage unavailable (test)")
+
+func (s *testStorage) Get(ctx context.Context, key string) (*logical.StorageEntry, error) {
+	s.gets.Add(1)
+	return s.Storage.Get(ctx, key)
+}
+
+func (s *testStorage) Put(ctx context.Context, e *logical.StorageEntry) error {
+	s.puts.Add(1)
+	if s.failPuts.Load() {
+		return errStorageDown
+	}
+	return s.Storage.Put(ctx, e)
+}
+
+func (s *testStorage) List(ctx context.Context, prefix string) ([]string, error) {
+	s.lists.Add(1)
+	return s.Storage.List(ctx, prefix)
+}
+
+func (s *testStorage) ops() int64 { return s.gets.Load() + s.puts.Load() + s.lists.Load() }
+
+// testEnv is a backend on test storage with a test clock and captured trace logs.
+type testEnv struct {
+	b       *backend
+	storage *testStorage
+	clock   *testClock
+	logs    *syncBuffer
+	sys     *logical.StaticSystemView
+}
+
+func getTestBackend(tb testing.TB) *testEnv {
+	tb.Helper()
+	env := &testEnv{
+		storage: &testStorage{Storage: &logical.InmemStorage{}},
+		clock:   newTestClock(),
+		logs:    &syncBuffer{},
+	}
+	env.start(tb)
+	return env
+}
+
+// start builds a fresh backend over the environment's storage, as a restart would.
+func (e *testEnv) start(tb testing.TB) {
+	tb.Helper()
+	config := logical.TestBackendConfig()
+	config.StorageView = e.storage
+	config.Logger = hclog.New(&hclog.LoggerOptions{Level: hclog.Trace, Output: e.logs})
+	e.sys = &logical.StaticSystemView{DefaultLeaseTTLVal: time.Hour, MaxLeaseTTLVal: 24 * time.Hour}
+	config.System = e.sys
+	b, err := Factory(context.Background(), config)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	e.b = b.(*backend)
+	e.b.now = e.clock.Now
+	e.b.sleep = func(ctx context.Context, _ time.Duration) error { return ctx.Err() }
+	tb.Cleanup(func() { e.b.Cleanup(context.Background()) })
+}
+
+// request runs one request against the backend.
+func (e *testEnv) request(tb testing.TB, op logical.Operation, path string, data map[string]any) (*logical.Response, error) {
+	tb.Helper()
+	req := &logical.Request{
+		Operation:  op,
+		Path:       path,
+		Data:       data,
+		Storage:    e.storage,
+		MountPoint: "bearer/",
+	}
+	if op == logical.CreateOperation || op == logical.UpdateOperation {
+		checkFound, exists, err := e.b.HandleExistenceCheck(context.Background(), req)
+		if err == nil && checkFound && op == logical.UpdateOperation && !exists {
+			req.Operation = logical.CreateOperation
+		}
+	}
+	return e.b.HandleRequest(context.Background(), req)
+}
+
+// mustOK runs a request that must succeed.
+func (e *testEnv) mustOK(tb testing.TB, op logical.Operation, path string, data map[string]any) *logical.Response {
+	tb.Helper()
+	resp, err := e.request(tb, op, path, data)
+	if err != nil || (resp != nil && resp.IsError()) {
+		tb.Fatalf("%s %s: err=%v resp=%#v", op, path, err, resp)
+	}
+	return resp
+}
+
+// mustFail runs a request that must fail and returns its error text.
+func (e *testEnv) mustFail(tb testing.TB, op logical.Operation, path string, data map[string]any) string {
+	tb.Helper()
+	resp, err := e.request(tb, op, path, data)
+	switch {
+	case err != nil:
+		return err.Error()
+	case resp != nil && resp.IsError():
+		return resp.Error().Error()
+	}
+	tb.Fatalf("%s %s: expected an error, got %#v", op, path, resp)
+	return ""
+}
+
+func (e *testEnv) readCreds(tb testing.TB, role string) *logical.Response {
+	tb.Helper()
+	return e.mustOK(tb, logical.ReadOperation, "creds/"+role, nil)
+}
+
+// setup writes a connection "conn" to the provider and a role "app" using it.
+func (e *testEnv) setup(tb testing.TB, p *fakeProvider, conn, role map[string]any) {
+	tb.Helper()
+	data := p.connData()
+	for k, v := range conn {
+		data[k] = v
+	}
+	e.mustOK(tb, logical.UpdateOperation, "config/conn", data)
+	rdata := map[string]any{"config": "conn"}
+	for k, v := range role {
+		rdata[k] = v
+	}
+	e.mustOK(tb, logical.UpdateOperation, "roles/app", rdata)
+}
+
+const (
+	testUsername = "alice@example.com"
+	testPassword = "s3cret-Pa55word-XYZ"
+	testSecret   = "client-s3cret-QRS"
+)
+
+// providerRequest is one request the fake provider received.
+type providerRequest struct {
+	path   string
+	grant  string
+	form   url.Values
+	header http.Header
+}
+
+// fakeProvider is a TLS token endpoint that behaves like Mindbaz (style "mindbaz") or
+// like Apiax's Keycloak realm (style "apiax"): single-use rotating refresh tokens, a
+// used one answered with invalid_grant.
+type fakeProvider struct {
+	srv   *httptest.Server
+	clock *testClock
+	style string
+
+	mu           sync.Mutex
+	password     string
+	accessTTL    time.Duration
+	issued       int
+	live         map[string]bool // refresh tokens that may still be used
+	everIssued   []string        // every refresh token handed out
+	requests     []providerRequest
+	refreshDelay chan struct{} // when set, refresh requests wait for it to close
+	// hook, when set, may answer a token request itself (return true).
+	hook func(w http.ResponseWriter, r *http.Request, form url.Values) bool
+}
+
+const (
+	mindbazPath   = "/oauth2/token"
+	apiaxRealm    = "/auth/realms/apiax"
+	apiaxPath     = apiaxRealm + "/protocol/openid-connect/token"
+	apiaxRevoke   = apiaxRealm + "/protocol/openid-connect/revoke"
+	assertionType = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+)
+
+func newFakeProvider(tb testing.TB, style string, clock *testClock) *fakeProvider {
+	tb.Helper()
+	p := &fakeProvider{clock: clock, style: style, password: testPassword, live: map[string]bool{}}
+	p.accessTTL = 1199 * time.Second
+	if style == "apiax" {
+		p.accessTTL = 1800 * time.Second
+	}
+	p.srv = httptest.NewTLSServer(http.HandlerFunc(p.serve))
+	tb.Cleanup(p.srv.Close)
+	return p
+}
+
+func (p *fakeProvider) tokenURL() string {
+	if p.style == "apiax" {
+		return p.srv.URL + apiaxPath
+	}
+	return p.srv.URL + mindbazPath
+}
+
+func (p *fakeProvider) caPEM() string {
+	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: p.srv.Certificate().Raw}))
+}
+
+// connData is a connection for this provider using its preset.
+func (p *fakeProvider) connData() map[string]any {
+	data := map[string]any{
+		"provider": p.style,
+		"username": testUsername,
+		"password": testPassword,
+		"ca_cert":  p.caPEM(),
+	}
+	if p.style == "apiax" {
+		data["issuer"] = p.srv.URL + apiaxRealm
+	} else {
+		data["token_url"] = p.tokenURL()
+	}
+	return data
+}
+
+func (p *fakeProvider) setPassword(pw string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.password = pw
+}
+
+func (p *fakeProvider) setHook(h func(w http.ResponseWriter, r *http.Request, form url.Values) bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.hook = h
+}
+
+// calls counts the token requests of a grant type ("" for all).
+func (p *fakeProvider) calls(grant string) int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	n := 0
+	for _, r := range p.requests {
+		if r.path != apiaxRevoke && (grant == "" || r.grant == grant) {
+			n++
+		}
+	}
+	return n
+}
+
+func (p *fakeProvider) lastRequest(tb testing.TB) providerRequest {
+	tb.Helper()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if len(p.requests) == 0 {
+		tb.Fatal("the provider received no request")
+	}
+	return p.requests[len(p.requests)-1]
+}
+
+func (p *fakeProvider) refreshTokens() []string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return append([]string(nil), p.everIssued...)
+}
+
+func (p *fakeProvider) serve(w http.ResponseWriter, r *http.Request) {
+	if err := r.ParseForm(); err != nil {
+		http.Error(w, "bad form", http.StatusBadRequest)
+		return
+	}
+	form := r.PostForm
+	p.mu.Lock()
+	p.requests = append(p.requests, providerRequest{path: r.URL.Path, grant: form.Get("grant_type"), form: form, header: r.Header.Clone()})
+	hook := p.hook
+	delay := p.refreshDelay
+	p.mu.Unlock()
+
+	if r.URL.Path == apiaxRevoke {
+		p.mu.Lock()
+		delete(p.live, form.Get("token"))
+		p.mu.Unlock()
+		w.WriteHeader(http.StatusOK)
+		return
+	}
+	if hook != nil && hook(w, r, form) {
+		return
+	}
+	if delay != nil && form.Get("grant_type") == grantRefresh {
+		<-delay
+	}
+	wantPath, wantClient := mindbazPath, "100"
+	if p.style == "apiax" {
+		wantPath, wantClient = apiaxPath, "integration-api"
+	}
+	if r.URL.Path != wantPath {
+		http.NotFound(w, r)
+		return
+	}
+	if form.Get("client_id") != wantClient {
+		oauthError(w, http.StatusUnauthorized, "invalid_client", "unknown client")
+		return
+	}
+
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	switch form.Get("grant_type") {
+	case grantPassword:
+		if form.Get("username") != testUsername || form.Get("password") != p.password {
+			oauthError(w, http.StatusUnauthorized, "invalid_grant", "Invalid user credentials")
+			return
+		}
+		p.issue(w, false)
+	case grantRefresh:
+		if p.style == "apiax" && form.Get("client_assertion_type") != assertionType {
+			oauthError(w, http.StatusBadRequest, "invalid_request", "client_assertion_type missing")
+			return
+		}
+		rt := form.Get("refresh_token")
+		if !p.live[rt] {
+			oauthError(w, http.StatusUnauthorized, "invalid_grant", "Token is not active")
+			return
+		}
+		delete(p.live, rt) // single use
+		p.issue(w, true)
+	default:
+		oauthError(w, http.StatusBadRequest, "unsupported_grant_type", "")
+	}
+}
+
+// issue answers with new tokens. The caller holds mu.
+func (p *fakeProvider) issue(w http.ResponseWriter, refresh bool) {
+	p.issued++
+	now := p.clock.Now()
+	exp := now.Add(p.accessTTL)
+	rt := fmt.Sprintf("rt-%s-%d-%s", p.style, p.issued, strings.Repeat("r", 8))
+	p.live[rt] = true
+	p.everIssued = append(p.everIssued, rt)
+	body := map[string]any{"refresh_token": rt}
+	switch p.style {
+	case "apiax":
+		body["access_token"] = fmt.Sprintf("at-apiax-%d", p.issued)
+		body["token_type"] = "Bearer"
+		body["refresh_expires_in"] = 0
+		body["not-before-policy"] = 0
+		body["session_state"] = "5f2c"
+		body["scope"] = "profile email"
+		if refresh {
+			body["expires_at"] = exp.Unix()
+		} else {
+			body["expires_in"] = int(p.accessTTL.Seconds())
+		}
+	default:
+		body["access_token"] = testJWT(map[string]any{"sub": testUsername, "exp": exp.Unix(), "n": p.issued})
+		body["token_type"] = "bearer"
+		body["expires_in"] = int(p.accessTTL.Seconds())
+	}
+	writeJSON(w, http.StatusOK, body)
+}
+
+func oauthError(w http.ResponseWriter, status int, code, desc string) {
+	writeJSON(w, status, map[string]any{"error": code, "error_description": desc})
+}
+
+func writeJSON(w http.ResponseWriter, status int, body any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(body)
+}
+
+// testJWT builds an unsigned JWT with the given claims.
+func testJWT(claims map[string]any) string {
+	enc := base64.RawURLEncoding
+	header, _ := json.Marshal(map[string]any{"alg": "RS256", "typ": "JWT"})
+	payload, _ := json.Marshal(claims)
+	return enc.EncodeToString(header) + "." + enc.EncodeToString(payload) + ".c2ln"
+}
+
+// assertNoSecrets fails when any secret appears in text.
+func assertNoSecrets(tb testing.TB, what, text string, secrets ...string) {
+	tb.Helper()
+	for _, s := range secrets {
+		if s != "" && strings.Contains(text, s) {
+			tb.Errorf("%s contains the secret %q", what, s)
+		}
+	}
+}
+
+// respText renders a response as JSON for leak checks.
+func respText(resp *logical.Response) string {
+	if resp == nil {
+		return ""
+	}
+	b, _ := json.Marshal(resp)
+	return string(b)
+}

@@ -1,0 +1,205 @@
+package bearer
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/hashicorp/vault/sdk/logical"
+)
+
+func TestConfig_Presets(t *testing.T) {
+	env := getTestBackend(t)
+	cases := map[string]struct {
+		data  map[string]any
+		check map[string]any
+	}{
+		"mindbaz fills token url, client and refresh token ttl": {
+			data: map[string]any{"provider": "mindbaz"},
+			check: map[string]any{
+				"token_url": "https://sso.mindbaz.com/oauth2/token", "client_id": "100",
+				"refresh_token_ttl": int64(168 * 3600), "revocation_url": "",
+			},
+		},
+		"keycloak derives the endpoints from the issuer": {
+			data: map[string]any{"provider": "keycloak", "issuer": "https://sso.example.com/realms/acme", "client_id": "cli"},
+			check: map[string]any{
+				"token_url":      "https://sso.example.com/realms/acme/protocol/openid-connect/token",
+				"revocation_url": "https://sso.example.com/realms/acme/protocol/openid-connect/revoke",
+				"client_id":      "cli",
+			},
+		},
+		"apiax is keycloak with its realm, client and refresh parameter": {
+			data: map[string]any{"provider": "apiax"},
+			check: map[string]any{
+				"token_url":      "https://auth.apiax.io/auth/realms/apiax/protocol/openid-connect/token",
+				"revocation_url": "https://auth.apiax.io/auth/realms/apiax/protocol/openid-connect/revoke",
+				"client_id":      "integration-api",
+				"refresh_params": map[string]string{"client_assertion_type": assertionType},
+			},
+		},
+		"generic with explicit fields and basic client auth": {
+			data: map[string]any{"token_url": "https://api.example.com/token", "client_id": "x", "client_secret": testSecret, "client_auth": "basic"},
+			check: map[string]any{
+				"provider": "generic", "token_url": "https://api.example.com/token", "client_auth": "basic",
+				"client_secret_set": true, "request_timeout": int64(10),
+			},
+		},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			data := map[string]any{"username": testUsername, "password": testPassword, "verify": false}
+			for k, v := range tc.data {
+				data[k] = v
+			}
+			env.mustOK(t, logical.UpdateOperation, "config/c", data)
+			resp := env.mustOK(t, logical.ReadOperation, "config/c", nil)
+			for k, want := range tc.check {
+				got := resp.Data[k]
+				if gm, ok := got.(map[string]string); ok {
+					if !mapsEqual(gm, want.(map[string]string)) {
+						t.Errorf("%s = %v, want %v", k, got, want)
+					}
+					continue
+				}
+				if got != want {
+					t.Errorf("%s = %#v, want %#v", k, got, want)
+				}
+			}
+			if resp.Data["password_set"] != true {
+				t.Errorf("password_set = %v", resp.Data["password_set"])
+			}
+			if _, ok := resp.Data["password"]; ok {
+				t.Error("config read returned the password")
+			}
+			if _, ok := resp.Data["client_secret"]; ok {
+				t.Error("config read returned the client secret")
+			}
+			assertNoSecrets(t, "config read", respText(resp), testPassword, testSecret)
+			env.mustOK(t, logical.DeleteOperation, "config/c", nil)
+		})
+	}
+}
+
+func mapsEqual(a, b map[string]string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, v := range a {
+		if b[k] != v {
+			return false
+		}
+	}
+	return true
+}
+
+func TestConfig_PartialUpdateKeepsFields(t *testing.T) {
+	env := getTestBackend(t)
+	env.mustOK(t, logical.UpdateOperation, "config/c", map[string]any{
+		"provider": "mindbaz", "username": testUsername, "password": testPassword, "verify": false,
+		"token_url": "https://mindbaz.test/oauth2/token", "request_timeout": "30s",
+	})
+	env.mustOK(t, logical.UpdateOperation, "config/c", map[string]any{"username": "bob", "verify": false})
+	resp := env.mustOK(t, logical.ReadOperation, "config/c", nil)
+	for k, want := range map[string]any{
+		"username": "bob", "token_url": "https://mindbaz.test/oauth2/token", "client_id": "100",
+		"request_timeout": int64(30), "password_set": true, "provider": "mindbaz",
+	} {
+		if resp.Data[k] != want {
+			t.Errorf("%s = %#v, want %#v", k, resp.Data[k], want)
+		}
+	}
+	// Switching the preset resets what the preset fills, keeps the account.
+	env.mustOK(t, logical.UpdateOperation, "config/c", map[string]any{"provider": "apiax", "verify": false})
+	resp = env.mustOK(t, logical.ReadOperation, "config/c", nil)
+	if resp.Data["client_id"] != "integration-api" || resp.Data["username"] != "bob" || resp.Data["refresh_token_ttl"] != int64(14*24*3600) {
+		t.Errorf("after switching to apiax: %#v", resp.Data)
+	}
+}
+
+func TestConfig_Validation(t *testing.T) {
+	env := getTestBackend(t)
+	base := func(extra map[string]any) map[string]any {
+		d := map[string]any{"token_url": "https://api.example.com/token", "username": testUsername, "password": testPassword, "verify": false}
+		for k, v := range extra {
+			d[k] = v
+		}
+		return d
+	}
+	cases := map[string]struct {
+		data map[string]any
+		want string
+	}{
+		"plain http to a remote host":      {base(map[string]any{"token_url": "http://api.example.com/token"}), "token_url must use https:// (http:// is allowed only for loopback hosts)"},
+		"not a URL":                        {base(map[string]any{"token_url": "token"}), `token_url "token" is not an absolute URL`},
+		"missing username":                 {base(map[string]any{"username": ""}), "username is required"},
+		"missing password":                 {map[string]any{"token_url": "https://a.example/t", "username": "u", "verify": false}, "password is required"},
+		"generic without token url":        {map[string]any{"username": "u", "password": "p", "verify": false}, "token_url is required for provider=generic"},
+		"keycloak without issuer":          {base(map[string]any{"provider": "keycloak", "token_url": ""}), "provider=keycloak needs issuer"},
+		"unknown client auth":              {base(map[string]any{"client_auth": "jwt"}), "client_auth must be body or basic"},
+		"basic auth without client id":     {base(map[string]any{"client_auth": "basic"}), "client_auth=basic needs client_id"},
+		"bad ca cert":                      {base(map[string]any{"ca_cert": "not a pem"}), "ca_cert holds no PEM certificate"},
+		"http revocation to a remote host": {base(map[string]any{"revocation_url": "http://api.example.com/revoke"}), "revocation_url must use https://"},
+		"unknown provider":                 {base(map[string]any{"provider": "okta"}), `unknown provider "okta"`},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			msg := env.mustFail(t, logical.UpdateOperation, "config/c", tc.data)
+			if !strings.Contains(msg, tc.want) || !strings.Contains(msg, `connection "c"`) {
+				t.Errorf("error %q does not contain %q and the connection name", msg, tc.want)
+			}
+			assertNoSecrets(t, "error", msg, testPassword)
+		})
+	}
+	// http:// is fine on loopback.
+	env.mustOK(t, logical.UpdateOperation, "config/c", base(map[string]any{"token_url": "http://127.0.0.1:9/token"}))
+	env.mustOK(t, logical.UpdateOperation, "config/d", base(map[string]any{"token_url": "http://localhost:9/token"}))
+}
+
+func TestConfig_Verify(t *testing.T) {
+	env := getTestBackend(t)
+	p := newFakeProvider(t, "mindbaz", env.clock)
+
+	data := p.connData()
+	data["password"] = "wrong-password"
+	msg := env.mustFail(t, logical.UpdateOperation, "config/conn", data)
+	want := `connection "conn" not saved: verification login as "alice@example.com" failed: password grant failed: invalid_grant: Invalid user credentials (HTTP 401); check the credentials and endpoint, or write with verify=false to save anyway`
+	if msg != want {
+		t.Errorf("error:\n got %s\nwant %s", msg, want)
+	}
+	if resp, _ := env.request(t, logical.ReadOperation, "config/conn", nil); resp != nil {
+		t.Fatal("a connection that failed verification was saved")
+	}
+	if got := p.calls(grantPassword); got != 1 {
+		t.Errorf("verification made %d password logins, want 1", got)
+	}
+
+	env.mustOK(t, logical.UpdateOperation, "config/conn", p.connData())
+	if got := p.calls(grantPassword); got != 2 {
+		t.Errorf("password logins = %d, want 2", got)
+	}
+	env.mustOK(t, logical.UpdateOperation, "config/conn", map[string]any{"username": testUsername, "verify": false})
+	if got := p.calls(""); got != 2 {
+		t.Errorf("verify=false still called the provider: %d calls", got)
+	}
+}
+
+func TestConfig_ListAndDeleteInUse(t *testing.T) {
+	env := getTestBackend(t)
+	for _, name := range []string{"a", "b"} {
+		env.mustOK(t, logical.UpdateOperation, "config/"+name, map[string]any{"token_url": "https://x.example/t", "username": "u", "password": "p", "verify": false})
+	}
+	resp := env.mustOK(t, logical.ListOperation, "config/", nil)
+	if keys := resp.Data["keys"].([]string); strings.Join(keys, ",") != "a,b" {
+		t.Errorf("list = %v", keys)
+	}
+	env.mustOK(t, logical.UpdateOperation, "roles/r2", map[string]any{"config": "a"})
+	env.mustOK(t, logical.UpdateOperation, "roles/r1", map[string]any{"config": "a"})
+	msg := env.mustFail(t, logical.DeleteOperation, "config/a", nil)
+	if msg != `connection "a" is used by roles r1, r2: delete them or point them to another connection first` {
+		t.Errorf("delete in use: %s", msg)
+	}
+	env.mustOK(t, logical.DeleteOperation, "config/b", nil)
+	if resp, _ := env.request(t, logical.ReadOperation, "config/b", nil); resp != nil {
+		t.Error("deleted connection still readable")
+	}
+}
