@@ -80,7 +80,7 @@ func (b *backend) pathCredsRead(ctx context.Context, req *logical.Request, d *fr
 	if err != nil {
 		return responseError(req.MountPoint, err)
 	}
-	return credsResponse(res, b.now()), nil
+	return credsResponse(&res, b.now()), nil
 }
 
 func (b *backend) pathCredsRenew(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
@@ -89,7 +89,7 @@ func (b *backend) pathCredsRenew(ctx context.Context, req *logical.Request, d *f
 	if err != nil {
 		return responseError(req.MountPoint, err)
 	}
-	return credsResponse(res, b.now()), nil
+	return credsResponse(&res, b.now()), nil
 }
 
 func (b *backend) pathCredsDelete(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
@@ -119,22 +119,44 @@ func credsResponse(res *tokenResult, now time.Time) *logical.Response {
 	t := res.token
 	left := t.ExpiresAt.Sub(now)
 	ttl := max(int64((left-t.effectiveMinTTL(res.minTTL))/time.Second), 1)
+	v := res.view
+	if v == nil {
+		v = newCredsView(t)
+	}
 	data := map[string]any{
-		"access_token":    t.AccessToken,
+		"access_token":    v.accessToken,
 		"token_type":      "Bearer",
-		"expires_at":      t.ExpiresAt.UTC().Format(time.RFC3339),
+		"expires_at":      v.expiresAt,
 		"expires_in":      int64(left / time.Second),
 		"ttl":             ttl,
-		"rotation_period": int64(t.lifetime() / time.Second),
+		"rotation_period": v.rotationPeriod,
 	}
-	if t.Scope != "" {
-		data["scope"] = t.Scope
+	if v.scope != nil {
+		data["scope"] = v.scope
 	}
 	resp := &logical.Response{Data: data}
 	for _, w := range res.warnings {
 		resp.AddWarning(w)
 	}
 	return resp
+}
+
+// credsView holds the values of a creds answer that are the same on every read of one
+// token, converted once: a cached read then allocates only what changes with time.
+type credsView struct {
+	accessToken, expiresAt, rotationPeriod, scope any // scope: nil when empty
+}
+
+func newCredsView(t *tokenEntry) *credsView {
+	v := &credsView{
+		accessToken:    t.AccessToken,
+		expiresAt:      formatTime(t.ExpiresAt),
+		rotationPeriod: int64(t.lifetime() / time.Second),
+	}
+	if t.Scope != "" {
+		v.scope = t.Scope
+	}
+	return v
 }
 
 const pathCredsHelpSyn = `Get a valid bearer access token for a role.`

@@ -100,6 +100,8 @@ func (t *tokenEntry) loginAllowedAt(conn *connEntry) time.Time {
 type roleCache struct {
 	role  *roleEntry
 	token *tokenEntry // nil: no session
+	// view is the token's part of a creds answer that no read changes, built once.
+	view *credsView
 	// unsaved marks a session that could not be persisted yet: reads take the slow
 	// path until it is.
 	unsaved bool
@@ -119,6 +121,7 @@ type attemptState struct {
 // tokenResult is what a creds request returns.
 type tokenResult struct {
 	token    *tokenEntry
+	view     *credsView // nil: build it from token
 	minTTL   time.Duration
 	warnings []string
 }
@@ -130,7 +133,7 @@ func (e *userError) Error() string { return e.msg }
 
 // getToken returns a token of role name with at least minTTL left (0: the role's
 // min_ttl), renewing it when needed; force renews it in any case.
-func (b *backend) getToken(ctx context.Context, s logical.Storage, name string, minTTL time.Duration, force bool) (*tokenResult, error) {
+func (b *backend) getToken(ctx context.Context, s logical.Storage, name string, minTTL time.Duration, force bool) (tokenResult, error) {
 	if !force {
 		if v, ok := b.cache.Load(name); ok {
 			rc := v.(*roleCache)
@@ -139,7 +142,7 @@ func (b *backend) getToken(ctx context.Context, s logical.Storage, name string, 
 				if !rc.served.Load() {
 					rc.served.Store(true)
 				}
-				return &tokenResult{token: rc.token, minTTL: want}, nil
+				return tokenResult{token: rc.token, view: rc.view, minTTL: want}, nil
 			}
 		}
 	}
@@ -150,13 +153,13 @@ func (b *backend) getToken(ctx context.Context, s logical.Storage, name string, 
 
 	rc, err := b.loadState(ctx, s, name)
 	if err != nil {
-		return nil, err
+		return tokenResult{}, err
 	}
 	if rc == nil {
-		return nil, &userError{fmt.Sprintf("role %q does not exist: create it with vault write <mount>/roles/%s config=<connection>", name, name)}
+		return tokenResult{}, &userError{fmt.Sprintf("role %q does not exist: create it with vault write <mount>/roles/%s config=<connection>", name, name)}
 	}
 	want := max(rc.role.MinTTL, minTTL)
-	res := &tokenResult{minTTL: want}
+	res := tokenResult{minTTL: want}
 	if rc.unsaved {
 		if err := b.persist(ctx, s, name, rc.role, rc.token); err != nil {
 			res.warnings = append(res.warnings, "the role's newest tokens could not be saved to storage yet: "+err.Error())
@@ -166,22 +169,23 @@ func (b *backend) getToken(ctx context.Context, s logical.Storage, name string, 
 	}
 	if !force && rc.token.usable(b.now(), want) {
 		rc.served.Store(true)
-		res.token = rc.token
+		res.token, res.view = rc.token, rc.view
 		return res, nil
 	}
 	if !b.canWrite() {
 		// Let Vault run the request on the active node, before any provider call.
-		return nil, logical.ErrReadOnly
+		return tokenResult{}, logical.ErrReadOnly
 	}
 	tok, warning, err := b.renew(ctx, s, name, rc)
 	if err != nil {
-		return nil, err
+		return tokenResult{}, err
 	}
 	if warning != "" {
 		res.warnings = append(res.warnings, warning)
 	}
 	if latest, ok := b.cacheLoaded(name); ok && latest.token == tok {
 		latest.served.Store(true)
+		res.view = latest.view
 	}
 	res.token = tok
 	return res, nil
@@ -228,6 +232,9 @@ func (b *backend) loadState(ctx context.Context, s logical.Storage, name string)
 			// The session belongs to another account: it is of no use to this role.
 			rc.token = nil
 		}
+	}
+	if rc.token != nil {
+		rc.view = newCredsView(rc.token)
 	}
 	if old, ok := b.cacheLoaded(name); ok && old.token != nil && rc.token != nil && old.token.AccessToken == rc.token.AccessToken && old.served.Load() {
 		rc.served.Store(true)
@@ -386,7 +393,7 @@ func (b *backend) serveStale(old *tokenEntry, now time.Time, err error) (*tokenE
 // fails the session is kept in memory, marked unsaved, and written at the next chance.
 func (b *backend) persist(ctx context.Context, s logical.Storage, name string, role *roleEntry, st *tokenEntry) error {
 	err := putJSON(ctx, s, tokenPrefix+name, st)
-	rc := &roleCache{role: role, token: st, unsaved: err != nil}
+	rc := &roleCache{role: role, token: st, view: newCredsView(st), unsaved: err != nil}
 	b.invalidateMu.Lock()
 	b.cache.Store(name, rc)
 	b.invalidateMu.Unlock()
