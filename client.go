@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"math/rand/v2"
 	"mime"
 	"net"
@@ -18,7 +19,9 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
+	"unicode/utf8"
 
 	"github.com/hashicorp/go-cleanhttp"
 )
@@ -30,6 +33,10 @@ const (
 	fallbackLifetime = 5 * time.Minute
 	// firstRetryDelay is the first pause between retries of a transient failure.
 	firstRetryDelay = 250 * time.Millisecond
+	// maxRetryAfter bounds the pause a provider's Retry-After can impose.
+	maxRetryAfter = time.Hour
+	// maxQuoted bounds the provider text (error, error_description) quoted in an error.
+	maxQuoted = 300
 
 	grantPassword = "password"
 	grantRefresh  = "refresh_token"
@@ -65,6 +72,8 @@ type grantError struct {
 	description string
 	detail      string
 	retryAfter  time.Duration
+	// badCert marks a TLS certificate the connection does not trust.
+	badCert bool
 }
 
 func (e *grantError) Error() string {
@@ -83,6 +92,21 @@ func (e *grantError) Error() string {
 		fmt.Fprintf(&sb, " (HTTP %d)", e.status)
 	}
 	return sb.String()
+}
+
+// advice says what to do about the failure; "" when its text already says it.
+func (e *grantError) advice() string {
+	switch {
+	case e.badCert:
+		return "check ca_cert and the provider's TLS certificate"
+	case e.kind == failTransient:
+		return "check that the provider is up and that token_url is right, then try again"
+	case e.kind == failAmbiguous:
+		return "try again; if it persists, check token_url and request_timeout"
+	case e.kind == failRejected:
+		return "check the connection's token_url, client settings and grant parameters, and the role's scopes"
+	}
+	return ""
 }
 
 // tokenResponse is a parsed, successful token endpoint answer.
@@ -245,7 +269,8 @@ func (c *tokenClient) once(ctx context.Context, grant string, form url.Values, s
 		if sent {
 			kind = failAmbiguous
 		}
-		return nil, &grantError{kind: kind, grant: grant, detail: describeNetError(err)}
+		var cerr *tls.CertificateVerificationError
+		return nil, &grantError{kind: kind, grant: grant, detail: describeNetError(err), badCert: errors.As(err, &cerr)}
 	}
 	defer resp.Body.Close()
 	body, err := io.ReadAll(io.LimitReader(resp.Body, maxResponseBytes+1))
@@ -260,7 +285,9 @@ func (c *tokenClient) once(ctx context.Context, grant string, form url.Values, s
 	}
 	fields, parseErr := parseBody(resp.Header.Get("Content-Type"), body)
 	if resp.StatusCode/100 != 2 || fields["error"] != nil {
-		return nil, errorResponse(grant, resp, fields, parseErr)
+		// The provider's text is quoted: take out what the request sent.
+		secrets := []string{form.Get("password"), form.Get("refresh_token"), form.Get("client_secret"), c.conn.ClientSecret}
+		return nil, errorResponse(grant, resp, fields, parseErr, secrets...)
 	}
 	if parseErr != nil {
 		return nil, &grantError{kind: failAmbiguous, grant: grant, status: resp.StatusCode, detail: "unreadable token response: " + parseErr.Error()}
@@ -273,10 +300,12 @@ func (c *tokenClient) once(ctx context.Context, grant string, form url.Values, s
 }
 
 // errorResponse classifies a non-2xx answer, or a 2xx one that carries an OAuth2 error.
-func errorResponse(grant string, resp *http.Response, fields map[string]any, parseErr error) *grantError {
+// The provider's text is quoted without the secrets given and clipped to maxQuoted.
+func errorResponse(grant string, resp *http.Response, fields map[string]any, parseErr error, secrets ...string) *grantError {
 	e := &grantError{grant: grant, status: resp.StatusCode}
 	e.code, _ = fields["error"].(string)
 	e.description, _ = fields["error_description"].(string)
+	e.code, e.description = clip(redact(e.code, secrets...)), clip(redact(e.description, secrets...))
 	if e.code == "" {
 		if parseErr != nil {
 			e.detail = fmt.Sprintf("token endpoint answered %s with a body that is not an OAuth2 error (%s)", http.StatusText(resp.StatusCode), mediaType(resp))
@@ -295,6 +324,19 @@ func errorResponse(grant string, resp *http.Response, fields map[string]any, par
 		e.kind = failRejected
 	}
 	return e
+}
+
+// clip shortens provider text to maxQuoted bytes of valid UTF-8.
+func clip(s string) string {
+	s = strings.ToValidUTF8(s, "\uFFFD")
+	if len(s) <= maxQuoted {
+		return s
+	}
+	cut := maxQuoted
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + "..."
 }
 
 // credentialsRejected reports whether a password grant failure means the account's
@@ -338,6 +380,10 @@ func describeNetError(err error) string {
 		return "no answer within request_timeout"
 	case errors.Is(err, context.Canceled):
 		return "request canceled"
+	case errors.Is(err, syscall.ECONNRESET):
+		return "connection reset before an answer came"
+	case errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF):
+		return "connection closed before an answer came"
 	}
 	return err.Error()
 }
@@ -349,10 +395,10 @@ func parseRetryAfter(v string, now time.Time) time.Duration {
 		return 0
 	}
 	if secs, err := strconv.Atoi(v); err == nil && secs > 0 {
-		return time.Duration(secs) * time.Second
+		return time.Duration(min(secs, int(maxRetryAfter/time.Second))) * time.Second
 	}
 	if t, err := http.ParseTime(v); err == nil && t.After(now) {
-		return t.Sub(now)
+		return min(t.Sub(now), maxRetryAfter)
 	}
 	return 0
 }
@@ -410,15 +456,26 @@ func tokenFromFields(fields map[string]any, started time.Time) (*tokenResponse, 
 
 func expiryFromFields(fields map[string]any, accessToken string, started time.Time) time.Time {
 	if secs, ok := number(fields["expires_in"]); ok && secs > 0 {
-		return started.Add(secondsToDuration(secs))
+		if d := secondsToDuration(secs); d > 0 {
+			return started.Add(d)
+		}
 	}
+	// An absolute time is bounded like expires_in: a token never lives "forever".
+	latest := started.Add(maxSeconds * time.Second)
 	if at, ok := parseExpiresAt(fields["expires_at"]); ok {
-		return at
+		return minTime(at, latest)
 	}
 	if exp, ok := jwtExpiry(accessToken); ok {
-		return exp
+		return minTime(exp, latest)
 	}
 	return started.Add(fallbackLifetime)
+}
+
+func minTime(a, b time.Time) time.Time {
+	if a.After(b) {
+		return b
+	}
+	return a
 }
 
 // maxSeconds bounds any provider-given duration to 10 years, far below overflow.
@@ -440,12 +497,12 @@ func number(v any) (float64, bool) {
 	case string:
 		s = strings.TrimSpace(t)
 	case float64:
-		return t, true
+		return t, !math.IsNaN(t) && !math.IsInf(t, 0)
 	default:
 		return 0, false
 	}
 	f, err := strconv.ParseFloat(s, 64)
-	if err != nil || f != f { // NaN
+	if err != nil || math.IsNaN(f) || math.IsInf(f, 0) {
 		return 0, false
 	}
 	return f, true

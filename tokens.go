@@ -373,6 +373,9 @@ func (b *backend) failed(ctx context.Context, s logical.Storage, name string, ro
 			role.Config, conn.Username, msg, formatTime(st.loginAllowedAt(conn)), role.Config)
 	} else {
 		err = fmt.Errorf("could not get a token from connection %q (%s): %s", role.Config, conn.TokenURL, msg)
+		if gerr != nil && gerr.advice() != "" {
+			err = fmt.Errorf("%w; %s", err, gerr.advice())
+		}
 	}
 	b.attempts.Store(name, &attemptState{next: next, err: err, credentialsVersion: conn.CredentialsVersion})
 	if perr := b.persist(ctx, s, name, role, st); perr != nil {
