@@ -128,7 +128,7 @@ func TestNoSecretsInLogs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(string(logText), "[TRACE]") || !strings.Contains(string(logText), "vault-plugin-secrets-bearer") {
+	if !strings.Contains(string(logText), "[TRACE]") || !strings.Contains(string(logText), "secrets.bearer.") {
 		t.Errorf("the server log has no trace lines or no plugin lines; the search would prove nothing")
 	}
 	if leaks := sc.LeakReport(); leaks != "" {

@@ -130,7 +130,12 @@ var (
 
 // freePort returns a loopback TCP port that was free a moment ago and that
 // this test binary has not handed out before.
-func freePort() (int, error) {
+func freePort() (int, error) { return freePorts(1) }
+
+// freePorts returns the first of n consecutive loopback TCP ports that were
+// free a moment ago and were not handed out before (vault server -dev puts
+// its cluster listener on the API port + 1).
+func freePorts(n int) (int, error) {
 	portsMu.Lock()
 	defer portsMu.Unlock()
 	for range 100 {
@@ -138,12 +143,24 @@ func freePort() (int, error) {
 		if err != nil {
 			return 0, err
 		}
-		port := ln.Addr().(*net.TCPAddr).Port
+		first := ln.Addr().(*net.TCPAddr).Port
 		ln.Close()
-		if !ports[port] {
-			ports[port] = true
-			return port, nil
+		ok := true
+		for p := first; p < first+n && ok; p++ {
+			ok = !ports[p] && p <= 65535
+			if ok && p > first {
+				l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p))
+				if ok = err == nil; ok {
+					l.Close()
+				}
+			}
+		}
+		if ok {
+			for p := first; p < first+n; p++ {
+				ports[p] = true
+			}
+			return first, nil
 		}
 	}
-	return 0, errors.New("no free port")
+	return 0, errors.New("no free ports")
 }

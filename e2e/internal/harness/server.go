@@ -42,7 +42,7 @@ func (sc *Scenario) StartDev() *Server {
 	sc.T.Helper()
 	s := sc.newServer("dev")
 	s.Token = "root-" + RandomHex(8)
-	port, err := freePort()
+	port, err := freePorts(2) // the API port and, next to it, the cluster port
 	if err != nil {
 		sc.T.Fatal(err)
 	}
