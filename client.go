@@ -285,6 +285,9 @@ func (c *tokenClient) once(ctx context.Context, grant string, form url.Values, s
 	}
 	fields, parseErr := parseBody(resp.Header.Get("Content-Type"), body)
 	if resp.StatusCode/100 != 2 || fields["error"] != nil {
+		if len(bytes.TrimSpace(body)) == 0 {
+			parseErr = nil // no body: nothing to say about it
+		}
 		// The provider's text is quoted: take out what the request sent.
 		secrets := []string{form.Get("password"), form.Get("refresh_token"), form.Get("client_secret"), c.conn.ClientSecret}
 		return nil, errorResponse(grant, resp, fields, parseErr, secrets...)

@@ -40,8 +40,9 @@ const perPause = -1
 type sessionWant struct {
 	refresh   string // "" none, rtKept, rtNewest or the literal token
 	failures  int
-	lastError string // whole text, with the placeholders of expand
-	rejected  bool   // credentials_rejected_at set to the time of the read
+	lastError string    // whole text, with the placeholders of expand
+	rejected  bool      // credentials_rejected_at set to the time of the failure
+	at        time.Time // when the failure happened; zero: now
 }
 
 func TestFaultMatrix(t *testing.T) {
@@ -257,11 +258,11 @@ func TestFaultMatrix(t *testing.T) {
 		},
 		"HTTP 401 without an OAuth2 body": {
 			hook: reply(grantPassword, http.StatusUnauthorized, "text/plain", ""),
-			err:  rejectedError("password grant failed: token endpoint answered Unauthorized with a body that is not an OAuth2 error (text/plain) (HTTP 401)"),
+			err:  rejectedError("password grant failed: token endpoint answered Unauthorized (HTTP 401)"),
 			calls: map[string]int{
 				grantPassword: 1,
 			},
-			session: sessionWant{failures: 1, rejected: true, lastError: "password grant failed: token endpoint answered Unauthorized with a body that is not an OAuth2 error (text/plain) (HTTP 401)"},
+			session: sessionWant{failures: 1, rejected: true, lastError: "password grant failed: token endpoint answered Unauthorized (HTTP 401)"},
 		},
 		"redirect to another host": {
 			renew: true,
@@ -561,7 +562,7 @@ func (e *testEnv) assertSession(tb testing.TB, role string, want sessionWant) {
 		tb.Errorf("stored refresh token = %q, want %q", st.RefreshToken, want.refresh)
 	}
 	data := e.mustOK(tb, logical.ReadOperation, "roles/"+role, nil).Data
-	now := formatTime(e.clock.Now())
+	now := formatTime(cmp.Or(want.at, e.clock.Now()))
 	wantAt, wantRejected := "", ""
 	if want.lastError != "" {
 		wantAt = now
@@ -640,4 +641,428 @@ func checkToken(tb testing.TB, resp *logical.Response, old map[string]any, want 
 	if resp.Data["expires_in"] != expiresIn {
 		tb.Errorf("expires_in = %v, want %d", resp.Data["expires_in"], expiresIn)
 	}
+}
+
+func TestFaults_RejectedCredentialsBackoff(t *testing.T) {
+	const newPassword = "n3w-Passw0rd-after-rotation"
+	const newSecret = "n3w-client-s3cret"
+	cases := map[string]struct {
+		conn  map[string]any
+		hook  hookFunc // makes the provider reject the connection's current credentials
+		fix   map[string]any
+		cause string
+		// extra password grants the fix makes (a verifying write logs in once)
+		fixLogins int
+	}{
+		"password, fixed by a write with verify=false": {
+			fix:   map[string]any{"password": newPassword, "verify": false},
+			cause: "password grant failed: invalid_grant: Invalid user credentials (HTTP 401)",
+		},
+		"password, fixed by a verified write": {
+			fix:       map[string]any{"password": newPassword},
+			cause:     "password grant failed: invalid_grant: Invalid user credentials (HTTP 401)",
+			fixLogins: 1,
+		},
+		"client secret, fixed by a write with verify=false": {
+			conn: map[string]any{"client_secret": testSecret},
+			hook: func(w http.ResponseWriter, r *http.Request, form url.Values) bool {
+				if form.Get("client_secret") == newSecret {
+					return false
+				}
+				oauthError(w, http.StatusUnauthorized, "invalid_client", "Invalid client credentials")
+				return true
+			},
+			fix:   map[string]any{"client_secret": newSecret, "verify": false},
+			cause: "password grant failed: invalid_client: Invalid client credentials (HTTP 401)",
+		},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			env := getTestBackend(t)
+			p := newFakeProvider(t, "mindbaz", env.clock)
+			env.setup(t, p, tc.conn, nil)
+			start := env.clock.Now()
+			if tc.hook == nil { // the account's password changes at the provider
+				p.setPassword(newPassword)
+			}
+			var attempts []time.Duration
+			p.setHook(func(w http.ResponseWriter, r *http.Request, form url.Values) bool {
+				if form.Get("grant_type") == grantPassword {
+					attempts = append(attempts, env.clock.Now().Sub(start))
+				}
+				return tc.hook != nil && tc.hook(w, r, form)
+			})
+
+			var errs strings.Builder
+			rejectedAt := start
+			for i := range 1000 {
+				if i > 0 {
+					env.clock.Add(3600 * time.Millisecond)
+				}
+				puts := env.storage.puts.Load()
+				msg := env.mustFail(t, logical.ReadOperation, "creds/app", nil)
+				errs.WriteString(msg + "\n")
+				now := env.clock.Now()
+				tried := len(attempts) > 0 && start.Add(attempts[len(attempts)-1]).Equal(now)
+				if tried {
+					rejectedAt = now
+				}
+				if !tried && env.storage.puts.Load() != puts {
+					t.Errorf("read %d wrote to storage without trying the provider", i)
+				}
+				if !strings.HasPrefix(msg, `connection "conn" rejected the credentials of user "alice@example.com"`) ||
+					!strings.HasSuffix(msg, "update the password with vault write bearer/config/conn password=...") {
+					t.Fatalf("read %d: error %q does not name the connection and what to do", i, msg)
+				}
+				switch i {
+				case 0: // the attempt itself
+					if want := rejectedMessage(tc.cause, now.Add(15*time.Minute)); msg != want {
+						t.Errorf("first error:\n got %s\nwant %s", msg, want)
+					}
+				case 1, 2, 500: // blocked by the backoff
+					allowed := map[int]time.Duration{1: 15 * time.Minute, 2: 15 * time.Minute, 500: 45 * time.Minute}[i]
+					want := fmt.Sprintf(`connection "conn" rejected the credentials of user "alice@example.com" at %s (%s); `+
+						`to protect the account from lockout no login is tried before %s: update the password with vault write bearer/config/conn password=...`,
+						formatTime(rejectedAt), tc.cause, formatTime(start.Add(allowed)))
+					if msg != want {
+						t.Errorf("read %d:\n got %s\nwant %s", i, msg, want)
+					}
+				}
+			}
+			want := []time.Duration{0, 15 * time.Minute, 45 * time.Minute}
+			if fmt.Sprint(attempts) != fmt.Sprint(want) {
+				t.Errorf("password attempts at %v, want %v", attempts, want)
+			}
+			env.assertSession(t, "app", sessionWant{failures: 3, rejected: true, lastError: tc.cause, at: start.Add(45 * time.Minute)})
+
+			// Fixing the credentials lifts the block at once.
+			env.mustOK(t, logical.UpdateOperation, "config/conn", tc.fix)
+			if at := env.mustOK(t, logical.ReadOperation, "roles/app", nil).Data["credentials_rejected_at"]; at != "" {
+				t.Errorf("credentials_rejected_at = %v after the fix", at)
+			}
+			resp := env.readCreds(t, "app")
+			if len(resp.Warnings) != 0 {
+				t.Errorf("warnings: %v", resp.Warnings)
+			}
+			if got := len(attempts); got != 3+tc.fixLogins+1 {
+				t.Errorf("password grants = %d, want %d", got, 3+tc.fixLogins+1)
+			}
+			state := env.mustOK(t, logical.ReadOperation, "roles/app", nil).Data
+			if state["consecutive_failures"] != 0 || state["credentials_rejected_at"] != "" || state["last_grant"] != grantPassword {
+				t.Errorf("role state after the fix: %v", state)
+			}
+
+			secrets := append([]string{testPassword, testSecret, newPassword, newSecret}, p.refreshTokens()...)
+			assertNoSecrets(t, "errors", errs.String(), secrets...)
+			assertNoSecrets(t, "logs", env.logs.String(), secrets...)
+		})
+	}
+}
+
+// rejectedMessage is the error of a read whose password grant was rejected.
+func rejectedMessage(cause string, allowed time.Time) string {
+	return fmt.Sprintf(`connection "conn" rejected the credentials of user "alice@example.com": %s; `+
+		`to protect the account from lockout no login is tried before %s: update the password with vault write bearer/config/conn password=...`,
+		cause, formatTime(allowed))
+}
+
+func TestFaults_AmbiguousRefreshIsNeverReplayed(t *testing.T) {
+	env := getTestBackend(t)
+	p := newFakeProvider(t, "mindbaz", env.clock)
+	env.setup(t, p, nil, nil)
+	env.readCreds(t, "app")
+	used := env.storedSession(t, "app").RefreshToken
+	env.clock.Add(p.accessTTL)
+
+	// The provider rotates the refresh token and the connection drops before the
+	// answer; the password login that follows finds the provider unavailable.
+	p.setHook(func(w http.ResponseWriter, r *http.Request, form url.Values) bool {
+		if form.Get("grant_type") == grantRefresh {
+			if !p.consume(form.Get("refresh_token")) {
+				t.Errorf("the provider got a refresh token that was not live")
+			}
+			resetConn(w)
+			return true
+		}
+		return reply("", http.StatusServiceUnavailable, "text/plain", "maintenance")(p)(w, r, form)
+	})
+	msg := env.mustFail(t, logical.ReadOperation, "creds/app", nil)
+	want := `could not get a token from connection "conn" (` + p.tokenURL() + `): password grant failed: token endpoint answered Service Unavailable (HTTP 503); ` + adviceTransient
+	if msg != want {
+		t.Errorf("error:\n got %s\nwant %s", msg, want)
+	}
+	// The spent refresh token is gone from storage, so a restart cannot bring it back.
+	if st := env.storedSession(t, "app"); st.RefreshToken != "" || st.LastError == "" {
+		t.Errorf("stored refresh token %q, last error %q: want none and the failure", st.RefreshToken, st.LastError)
+	}
+	if logs := env.logs.String(); !strings.Contains(logs, `reason="refresh_token grant failed: connection reset before an answer came"`) {
+		t.Errorf("the spent refresh token was not logged with its reason:\n%s", logs)
+	}
+
+	env.start(t)
+	p.setHook(nil)
+	refreshes, logins := p.calls(grantRefresh), p.calls(grantPassword)
+	env.readCreds(t, "app")
+	if p.calls(grantRefresh) != refreshes || p.calls(grantPassword) != logins+1 {
+		t.Errorf("after a restart: %d refresh and %d password grants, want 0 and 1", p.calls(grantRefresh)-refreshes, p.calls(grantPassword)-logins)
+	}
+	// Later renewals use the new session's refresh tokens, each once.
+	for range 3 {
+		env.clock.Add(p.accessTTL)
+		env.readCreds(t, "app")
+	}
+	if p.calls(grantRefresh) != refreshes+3 || p.calls(grantPassword) != logins+1 {
+		t.Errorf("renewals after the new login: %d refresh and %d password grants, want 3 and 0", p.calls(grantRefresh)-refreshes, p.calls(grantPassword)-logins-1)
+	}
+	p.assertNoRefreshReuse(t)
+	for _, r := range p.requests[len(p.requests)-3:] {
+		if r.form.Get("refresh_token") == used {
+			t.Error("the spent refresh token was presented again")
+		}
+	}
+	secrets := append([]string{testPassword}, p.refreshTokens()...)
+	assertNoSecrets(t, "error", msg, secrets...)
+	assertNoSecrets(t, "logs", env.logs.String(), secrets...)
+}
+
+func TestFaults_TransientFailuresAreRateLimited(t *testing.T) {
+	env := getTestBackend(t)
+	pauses := env.recordPauses()
+	p := newFakeProvider(t, "mindbaz", env.clock)
+	env.setup(t, p, nil, nil)
+	first := env.readCreds(t, "app").Data
+	expiry := env.clock.Now().Add(p.accessTTL)
+	env.clock.Add(p.accessTTL - 30*time.Second) // under min_ttl, still valid
+	p.setHook(reply("", http.StatusServiceUnavailable, "application/json", `{"error":"temporarily_unavailable","error_description":"down for maintenance"}`)(p))
+	cause := `could not get a token from connection "conn" (` + p.tokenURL() + `): refresh_token grant failed: temporarily_unavailable: down for maintenance (HTTP 503); ` + adviceTransient
+	staleWarning := func(suffix string) string {
+		return "served the current token, valid until " + formatTime(expiry) + ", because renewing it failed: " + cause + suffix
+	}
+
+	// read reads creds at the current time and returns how many provider calls it made.
+	read := func(wantWarning string) int {
+		t.Helper()
+		calls := p.calls("")
+		resp := env.readCreds(t, "app")
+		if resp.Data["access_token"] != first["access_token"] {
+			t.Error("the still valid token was not served")
+		}
+		if got := strings.Join(resp.Warnings, "\n"); got != wantWarning {
+			t.Errorf("warning:\n got %s\nwant %s", got, wantWarning)
+		}
+		return p.calls("") - calls
+	}
+	start := env.clock.Now()
+	pauses.reset()
+	if n := read(staleWarning("")); n != 1+pauses.len() || n < 2 {
+		t.Errorf("first failing read made %d calls with %d retry pauses", n, pauses.len())
+	}
+	for range 4 {
+		env.clock.Add(time.Second)
+		if n := read(staleWarning("; the next attempt is allowed at " + formatTime(start.Add(5*time.Second)))); n != 0 {
+			t.Errorf("a read %v after a failed attempt made %d provider calls", env.clock.Now().Sub(start), n)
+		}
+	}
+	env.clock.Add(time.Second)
+	pauses.reset()
+	if n := read(staleWarning("")); n != 1+pauses.len() {
+		t.Errorf("the read 5s after the failed attempt made %d calls, want a new attempt", n)
+	}
+
+	// Concurrent readers at a due attempt: one attempt reaches the provider.
+	env.clock.Add(5 * time.Second)
+	pauses.reset()
+	calls := p.calls("")
+	var wg sync.WaitGroup
+	for range 20 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if resp, err := env.request(t, logical.ReadOperation, "creds/app", nil); err != nil || resp.IsError() || len(resp.Warnings) != 1 {
+				t.Errorf("concurrent read: %v %v", err, resp)
+			}
+		}()
+	}
+	wg.Wait()
+	if n := p.calls("") - calls; n != 1+pauses.len() {
+		t.Errorf("20 concurrent reads made %d calls with %d retry pauses: want one attempt", n, pauses.len())
+	}
+	state := env.mustOK(t, logical.ReadOperation, "roles/app", nil).Data
+	if state["consecutive_failures"] != 3 || state["last_error"] != "refresh_token grant failed: temporarily_unavailable: down for maintenance (HTTP 503)" ||
+		state["last_error_at"] != formatTime(env.clock.Now()) {
+		t.Errorf("role state: %v", state)
+	}
+
+	// Once the token has expired the failure is an error, still rate limited.
+	env.clock.Add(30 * time.Second)
+	msg := env.mustFail(t, logical.ReadOperation, "creds/app", nil)
+	if msg != cause {
+		t.Errorf("error:\n got %s\nwant %s", msg, cause)
+	}
+	env.clock.Add(time.Second)
+	calls = p.calls("")
+	if msg := env.mustFail(t, logical.ReadOperation, "creds/app", nil); msg != cause+"; the next attempt is allowed at "+formatTime(env.clock.Now().Add(4*time.Second)) || p.calls("") != calls {
+		t.Errorf("rate-limited error (%d calls): %s", p.calls("")-calls, msg)
+	}
+	resp, err := env.request(t, logical.ReadOperation, "creds/app", nil)
+	if coded, ok := err.(logical.HTTPCodedError); resp != nil || !ok || coded.Code() != http.StatusBadGateway {
+		t.Errorf("a provider failure is not a 502: %v %v", resp, err)
+	}
+
+	// Recovery: the next attempt succeeds and the failure count resets.
+	env.clock.Add(5 * time.Second)
+	p.setHook(nil)
+	resp = env.readCreds(t, "app")
+	if len(resp.Warnings) != 0 || resp.Data["access_token"] == first["access_token"] {
+		t.Errorf("recovery: warnings %v, token renewed: %v", resp.Warnings, resp.Data["access_token"] != first["access_token"])
+	}
+	state = env.mustOK(t, logical.ReadOperation, "roles/app", nil).Data
+	if state["consecutive_failures"] != 0 || state["last_grant"] != grantRefresh {
+		t.Errorf("role state after recovery: %v", state)
+	}
+	assertNoSecrets(t, "logs", env.logs.String(), append([]string{testPassword}, p.refreshTokens()...)...)
+}
+
+func TestFaults_RetryAfterBeyondTheTimeout(t *testing.T) {
+	env := getTestBackend(t)
+	pauses := env.recordPauses()
+	p := newFakeProvider(t, "mindbaz", env.clock)
+	env.setup(t, p, nil, nil)
+	env.readCreds(t, "app")
+	env.clock.Add(p.accessTTL)
+	p.setHook(reply("", http.StatusTooManyRequests, "", "", "Retry-After", "120")(p))
+	start := env.clock.Now()
+	calls := p.calls("")
+	cause := `could not get a token from connection "conn" (` + p.tokenURL() + `): refresh_token grant failed: token endpoint answered Too Many Requests (HTTP 429); ` + adviceTransient
+	if msg := env.mustFail(t, logical.ReadOperation, "creds/app", nil); msg != cause {
+		t.Errorf("error:\n got %s\nwant %s", msg, cause)
+	}
+	if p.calls("") != calls+1 || pauses.len() != 0 {
+		t.Errorf("a Retry-After longer than request_timeout: %d calls, %d pauses; want 1 call, no retry", p.calls("")-calls, pauses.len())
+	}
+	for _, after := range []time.Duration{5 * time.Second, time.Minute, 119 * time.Second} {
+		advanceTo(env.clock, start.Add(after))
+		want := cause + "; the next attempt is allowed at " + formatTime(start.Add(2*time.Minute))
+		if msg := env.mustFail(t, logical.ReadOperation, "creds/app", nil); msg != want {
+			t.Errorf("after %v:\n got %s\nwant %s", after, msg, want)
+		}
+	}
+	if p.calls("") != calls+1 {
+		t.Errorf("reads before Retry-After passed reached the provider")
+	}
+	advanceTo(env.clock, start.Add(2*time.Minute))
+	p.setHook(nil)
+	env.readCreds(t, "app")
+	if p.calls(grantRefresh) != 2 {
+		t.Errorf("refresh grants = %d, want 2", p.calls(grantRefresh))
+	}
+}
+
+func TestFaults_StorageWriteFailure(t *testing.T) {
+	cases := map[string]struct {
+		// recover persists the session kept in memory once storage works again.
+		recover func(t *testing.T, env *testEnv)
+	}{
+		"saved by the next read": {
+			recover: func(t *testing.T, env *testEnv) {
+				if resp := env.readCreds(t, "app"); len(resp.Warnings) != 0 {
+					t.Errorf("warnings after storage recovered: %v", resp.Warnings)
+				}
+			},
+		},
+		"saved by the periodic function": {
+			recover: func(t *testing.T, env *testEnv) {
+				env.clock.Add(time.Minute)
+				if err := env.b.PeriodicFunc(context.Background(), &logical.Request{Storage: env.storage}); err != nil {
+					t.Fatal(err)
+				}
+			},
+		},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			env := getTestBackend(t)
+			p := newFakeProvider(t, "mindbaz", env.clock)
+			env.setup(t, p, nil, nil)
+			env.readCreds(t, "app")
+			used := env.storedSession(t, "app").RefreshToken
+			env.clock.Add(p.accessTTL)
+
+			env.storage.failPuts.Store(true)
+			saveErr := `role "app": a new token was obtained but could not be saved; it is kept in memory and saved at the next chance: writing tokens/app: storage unavailable (test)`
+			resp, err := env.request(t, logical.ReadOperation, "creds/app", nil)
+			if resp != nil || err == nil || err.Error() != saveErr {
+				t.Fatalf("read with storage down: %v %v", resp, err)
+			}
+			if _, coded := err.(logical.HTTPCodedError); coded {
+				t.Error("a storage failure is reported as a provider failure")
+			}
+			refreshed := p.newest()
+
+			// Storage is still down: the token kept in memory is served, with a warning.
+			calls := p.calls("")
+			resp = env.readCreds(t, "app")
+			if want := "the role's newest tokens could not be saved to storage yet: writing tokens/app: storage unavailable (test)"; strings.Join(resp.Warnings, "\n") != want {
+				t.Errorf("warnings %v, want %q", resp.Warnings, want)
+			}
+			if p.calls("") != calls {
+				t.Error("serving the unsaved token called the provider")
+			}
+			token := resp.Data["access_token"]
+
+			// The unsaved token expires: the renewal uses the unsaved refresh token.
+			env.clock.Add(p.accessTTL)
+			if msg := env.mustFail(t, logical.ReadOperation, "creds/app", nil); msg != saveErr {
+				t.Errorf("second renewal with storage down: %s", msg)
+			}
+			if got := p.lastRequest(t).form.Get("refresh_token"); got != refreshed {
+				t.Errorf("the renewal presented %q, want the unsaved %q", got, refreshed)
+			}
+			if st := env.storedSession(t, "app"); st.RefreshToken != used {
+				t.Fatal("storage changed while it was failing")
+			}
+
+			env.storage.failPuts.Store(false)
+			calls = p.calls("")
+			tc.recover(t, env)
+			if st := env.storedSession(t, "app"); st.RefreshToken != p.newest() || st.LastGrant != grantRefresh {
+				t.Errorf("stored refresh token %q after recovery, want the newest %q", st.RefreshToken, p.newest())
+			}
+			if p.calls("") != calls {
+				t.Error("saving the kept session called the provider")
+			}
+			if got := env.readCreds(t, "app").Data["access_token"]; got == token {
+				t.Error("the token served is not the newest")
+			}
+			env.start(t) // a restart serves what was saved
+			env.clock.Add(p.accessTTL)
+			env.readCreds(t, "app")
+			if p.calls(grantPassword) != 2 {
+				t.Errorf("password grants = %d, want only the verification and the first read", p.calls(grantPassword))
+			}
+			p.assertNoRefreshReuse(t)
+			assertNoSecrets(t, "logs", env.logs.String(), append([]string{testPassword}, p.refreshTokens()...)...)
+		})
+	}
+}
+
+func TestFaults_ConnectionGone(t *testing.T) {
+	env := getTestBackend(t)
+	p := newFakeProvider(t, "mindbaz", env.clock)
+	env.setup(t, p, nil, nil)
+	// Another node removed the connection behind the role's back.
+	if err := env.storage.Delete(context.Background(), configPrefix+"conn"); err != nil {
+		t.Fatal(err)
+	}
+	env.b.invalidate(context.Background(), configPrefix+"conn")
+	resp, err := env.request(t, logical.ReadOperation, "creds/app", nil)
+	want := `role "app" uses connection "conn", which does not exist: write bearer/config/conn or point the role to another connection`
+	if err != nil || resp == nil || !resp.IsError() || resp.Error().Error() != want {
+		t.Errorf("read: %v %v, want the 400 %q", resp, err, want)
+	}
+}
+
+// advanceTo moves the clock forward to t.
+func advanceTo(c *testClock, t time.Time) {
+	c.Add(t.Sub(c.Now()))
 }
