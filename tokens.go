@@ -139,7 +139,9 @@ func (b *backend) getToken(ctx context.Context, s logical.Storage, name string, 
 			rc := v.(*roleCache)
 			want := max(rc.role.MinTTL, minTTL)
 			if !rc.unsaved && rc.token.usable(b.now(), want) {
-				b.markServed(name, rc)
+				if !rc.served.Load() {
+					rc.served.Store(true)
+				}
 				return tokenResult{token: rc.token, view: rc.view, minTTL: want}, nil
 			}
 		}
@@ -166,7 +168,7 @@ func (b *backend) getToken(ctx context.Context, s logical.Storage, name string, 
 		}
 	}
 	if !force && rc.token.usable(b.now(), want) {
-		b.markServed(name, rc)
+		rc.served.Store(true)
 		res.token, res.view = rc.token, rc.view
 		return res, nil
 	}
@@ -182,7 +184,7 @@ func (b *backend) getToken(ctx context.Context, s logical.Storage, name string, 
 		res.warnings = append(res.warnings, warning)
 	}
 	if latest, ok := b.cacheLoaded(name); ok && latest.token == tok {
-		b.markServed(name, latest)
+		latest.served.Store(true)
 		res.view = latest.view
 	}
 	res.token = tok
@@ -447,14 +449,13 @@ func (b *backend) discardTokens(ctx context.Context, s logical.Storage, name, re
 	return nil
 }
 
-// forget drops a role's cached state and makes the role due now, so that the next
-// periodic run reads it again: an idle session must stay scheduled for its keep-alive.
+// forget drops a role's cached state and schedule entry.
 func (b *backend) forget(name string) {
 	b.invalidateMu.Lock()
 	b.generation.Add(1)
 	b.cache.Delete(name)
 	b.invalidateMu.Unlock()
-	b.sched.set(name, b.now())
+	b.sched.set(name, time.Time{})
 }
 
 // client returns the cached HTTP token client of a connection.
