@@ -12,7 +12,7 @@ FUZZTIME       ?= 60s
 
 .PHONY: help
 help: ## List the targets
-	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  %-13s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 .PHONY: build
 build: ## Build the plugin binary into bin/
@@ -30,8 +30,12 @@ e2e: ## End-to-end suite: real Vault, real plugin binary, fosite provider (build
 	cd e2e && go test -count=1 -timeout 30m ./...
 
 .PHONY: bench
-bench: ## Performance figures: backend benchmarks and the real-Vault comparison
-	go test -run '^$$' -bench . -benchmem ./...
+bench: ## Performance figures as one table: backend benchmarks and the real-Vault comparison (BENCH_README=1: also into README.md)
+	cd e2e && go run ./cmd/benchtable $(if $(BENCH_README),-readme ../README.md)
+
+.PHONY: bench-readme
+bench-readme: ## make bench, writing the table into README.md between the bench markers
+	$(MAKE) bench BENCH_README=1
 
 .PHONY: fuzz
 fuzz: ## Run each fuzz target for FUZZTIME (default 60s)
