@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"fmt"
+	"sync"
 	"testing"
 	"time"
 
@@ -86,17 +87,21 @@ func TestRaftClusterFailover(t *testing.T) {
 		t.Errorf("forced renewal through a standby used grant %q, want refresh_token", is.GrantType)
 	}
 
+	// Readers hammer both standbys through the failover and until the end.
+	rest := nodes[1:]
+	readers := startReaders(rest, 100*time.Millisecond)
+
 	// Stop the active node mid-run.
 	t.Logf("stopping the active node %s", active.Name)
 	beforeFailover := p.Counts()
+	stoppedAt := time.Now()
 	active.Stop()
-	rest := nodes[1:]
 
 	// Reads through both survivors succeed once a new leader is elected.
 	var after creds
 	for _, n := range rest {
 		harness.Eventually(t, 60*time.Second, 250*time.Millisecond, "creds read through "+n.Name+" after failover", func() (bool, string) {
-			c, err := readCreds(t, n, n.Token, "demo")
+			c, err := readCreds(n, n.Token, "demo")
 			if err != nil {
 				return false, err.Error() + "; health: " + healthStatuses(nodes)
 			}
@@ -116,7 +121,7 @@ func TestRaftClusterFailover(t *testing.T) {
 	harness.Eventually(t, life+20*time.Second, 250*time.Millisecond, "renewal by the new active node", func() (bool, string) {
 		n := rest[i%len(rest)]
 		i++
-		c, err := readCreds(t, n, n.Token, "demo")
+		c, err := readCreds(n, n.Token, "demo")
 		if err != nil {
 			t.Fatalf("read through %s after failover: %v", n.Name, err)
 		}
@@ -128,11 +133,100 @@ func TestRaftClusterFailover(t *testing.T) {
 	}
 	checkCredsShape(t, renewed, life, life/2)
 
+	// Every read the readers got was a token the provider issued, valid for
+	// at least min_ttl; reads failed only while there was no leader.
+	reads := readers.stop()
+	ok, failed := 0, 0
+	recovered := map[string]time.Time{}
+	for _, r := range reads {
+		if r.err != nil {
+			failed++
+			if at, done := recovered[r.node]; done {
+				t.Errorf("read through %s failed at +%s, after it had recovered at +%s: %v",
+					r.node, r.at.Sub(stoppedAt), at.Sub(stoppedAt), r.err)
+			} else if r.at.Before(stoppedAt) {
+				t.Errorf("read through %s failed before the failover: %v", r.node, r.err)
+			}
+			continue
+		}
+		ok++
+		if r.at.After(stoppedAt) {
+			if _, done := recovered[r.node]; !done {
+				recovered[r.node] = r.at
+			}
+		}
+		is, known := p.Lookup(r.token)
+		if !known {
+			t.Errorf("read through %s returned a token the provider never issued", r.node)
+		} else if left := is.ExpiresAt.Sub(r.at); left < life/2-2*time.Second {
+			t.Errorf("read through %s at +%s returned a token with only %s left (min_ttl %s)", r.node, r.at.Sub(stoppedAt), left, life/2)
+		}
+	}
+	t.Logf("background reads through the standbys: %d ok, %d failed during the election; recovered after %v",
+		ok, failed, func() (d []time.Duration) {
+			for _, at := range recovered {
+				d = append(d, at.Sub(stoppedAt).Round(time.Millisecond))
+			}
+			return d
+		}())
+
 	total := p.Counts().Sub(base)
 	if total.PasswordOK > 1 || total.PasswordFailed != 0 || total.RefreshInvalidGrant != 0 || total.RefreshFailed != 0 {
 		t.Errorf("whole run: %+v; want one password login and no invalid_grant", total)
 	}
 	t.Logf("provider traffic after setup: %+v", total)
+}
+
+// read is one background creds read.
+type read struct {
+	node  string
+	at    time.Time
+	token string
+	err   error
+}
+
+// readers read creds/demo through a set of nodes in the background.
+type readers struct {
+	stopCh chan struct{}
+	done   sync.WaitGroup
+	mu     sync.Mutex
+	reads  []read
+}
+
+// startReaders reads creds/demo through each node every interval, in one
+// goroutine per node, until stop is called.
+func startReaders(nodes []*harness.Server, interval time.Duration) *readers {
+	r := &readers{stopCh: make(chan struct{})}
+	for _, n := range nodes {
+		r.done.Add(1)
+		go func() {
+			defer r.done.Done()
+			tick := time.NewTicker(interval)
+			defer tick.Stop()
+			for {
+				c, err := readCreds(n, n.Token, "demo")
+				at := time.Now()
+				r.mu.Lock()
+				r.reads = append(r.reads, read{node: n.Name, at: at, token: c.AccessToken, err: err})
+				r.mu.Unlock()
+				select {
+				case <-r.stopCh:
+					return
+				case <-tick.C:
+				}
+			}
+		}()
+	}
+	return r
+}
+
+// stop ends the reads and returns them.
+func (r *readers) stop() []read {
+	close(r.stopCh)
+	r.done.Wait()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.reads
 }
 
 // healthStatuses is a debugging aid: every node's /sys/health status.

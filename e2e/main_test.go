@@ -78,7 +78,7 @@ type creds struct {
 }
 
 // parseCreds checks the shape of a creds answer (SPEC 3.3) and decodes it.
-func parseCreds(t testing.TB, data map[string]any, r *harness.Response) (creds, error) {
+func parseCreds(data map[string]any, r *harness.Response) (creds, error) {
 	c := creds{ReadAt: time.Now()}
 	if r != nil {
 		c.LeaseID, c.LeaseDuration, c.Warnings = r.LeaseID, r.LeaseDuration, r.Warnings
@@ -116,7 +116,7 @@ func parseCreds(t testing.TB, data map[string]any, r *harness.Response) (creds, 
 }
 
 // readCreds reads bearer/creds/<role> over HTTP with token and checks it.
-func readCreds(t testing.TB, s *harness.Server, token, role string) (creds, error) {
+func readCreds(s *harness.Server, token, role string) (creds, error) {
 	r, err := s.Do(http.MethodGet, "/v1/bearer/creds/"+role, token, nil)
 	if err != nil {
 		return creds{}, err
@@ -124,13 +124,13 @@ func readCreds(t testing.TB, s *harness.Server, token, role string) (creds, erro
 	if r.Status != http.StatusOK {
 		return creds{}, fmt.Errorf("read creds/%s: %s", role, r)
 	}
-	return parseCreds(t, r.Data, r)
+	return parseCreds(r.Data, r)
 }
 
 // mustReadCreds is readCreds with the root token, failing the test on error.
 func mustReadCreds(t testing.TB, s *harness.Server, role string) creds {
 	t.Helper()
-	c, err := readCreds(t, s, s.Token, role)
+	c, err := readCreds(s, s.Token, role)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -147,7 +147,7 @@ func readCredsCLI(t testing.TB, s *harness.Server, role string) creds {
 		Data          map[string]any `json:"data"`
 	}
 	s.CLIJSON(&out, "read", "-format=json", "bearer/creds/"+role)
-	c, err := parseCreds(t, out.Data, &harness.Response{LeaseID: out.LeaseID, LeaseDuration: out.LeaseDuration, Warnings: out.Warnings})
+	c, err := parseCreds(out.Data, &harness.Response{LeaseID: out.LeaseID, LeaseDuration: out.LeaseDuration, Warnings: out.Warnings})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -201,7 +201,7 @@ func assertCounts(t testing.TB, p *provider.Provider, before provider.Counts, wa
 func forceCreds(t testing.TB, s *harness.Server, role string) creds {
 	t.Helper()
 	r := s.MustDo(http.MethodPost, "/v1/bearer/creds/"+role, map[string]any{}, http.StatusOK)
-	c, err := parseCreds(t, r.Data, r)
+	c, err := parseCreds(r.Data, r)
 	if err != nil {
 		t.Fatal(err)
 	}

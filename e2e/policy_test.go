@@ -43,7 +43,7 @@ func TestPolicyCredsOnly(t *testing.T) {
 	s.MustCLI("write", "bearer/roles/other", "config=demo")
 	app := createAppToken(t, s)
 
-	if _, err := readCreds(t, s, app, "demo"); err != nil {
+	if _, err := readCreds(s, app, "demo"); err != nil {
 		t.Fatalf("app token cannot read its creds: %v", err)
 	}
 	out, _, err := s.CLI(app, "read", "-field=access_token", "bearer/creds/demo")
@@ -84,7 +84,7 @@ func TestPolicyCredsOnly(t *testing.T) {
 
 	// The denied writes changed nothing: the root token still reads the same
 	// configuration and the role still serves.
-	if _, err := readCreds(t, s, app, "demo"); err != nil {
+	if _, err := readCreds(s, app, "demo"); err != nil {
 		t.Errorf("creds read after the denied requests: %v", err)
 	}
 }

@@ -46,7 +46,7 @@ func TestRestartKeepsTokens(t *testing.T) {
 	// refresh token issued by the forced renewal.
 	var c4 creds
 	harness.Eventually(t, life+10*time.Second, 250*time.Millisecond, "token renewed after restart", func() (bool, string) {
-		c, err := readCreds(t, s, s.Token, "demo")
+		c, err := readCreds(s, s.Token, "demo")
 		if err != nil {
 			t.Fatal(err)
 		}
