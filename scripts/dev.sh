@@ -27,12 +27,14 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# free_port prints a loopback TCP port nobody listens on.
+# free_port prints a loopback TCP port that nobody listens on, nor on the next one
+# (vault server -dev puts its cluster listener there).
 free_port() {
 	local port
 	for _ in $(seq 1 200); do
 		port=$((20000 + RANDOM % 20000))
-		if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+		if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null &&
+			! (exec 3<>"/dev/tcp/127.0.0.1/$((port + 1))") 2>/dev/null; then
 			echo "$port"
 			return 0
 		fi
@@ -70,16 +72,12 @@ token_url="$(sed -n 's/^token_url=//p' "$work/provider.out")"
 revocation_url="$(sed -n 's/^revocation_url=//p' "$work/provider.out")"
 
 port="$(free_port)"
-cluster_port="$(free_port)"
 export VAULT_ADDR="http://127.0.0.1:$port"
 export VAULT_TOKEN="root"
-cat >"$work/vault.hcl" <<EOF
-plugin_directory = "$work/plugins"
-disable_mlock    = true
-EOF
 log "starting vault server -dev on $VAULT_ADDR"
+# -dev-plugin-init=false: the plugin is registered below, explicitly, by sha256.
 "$vault" server -dev -dev-root-token-id=root -dev-listen-address="127.0.0.1:$port" \
-	-dev-cluster-listen-address="127.0.0.1:$cluster_port" -config="$work/vault.hcl" \
+	-dev-plugin-dir="$work/plugins" -dev-plugin-init=false -dev-no-store-token \
 	>"$work/vault.log" 2>&1 &
 pids+=($!)
 wait_for 60 "$vault" status || { tail -n 50 "$work/vault.log" >&2; exit 1; }
