@@ -1,0 +1,467 @@
+package bearer
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// testClient is a token client for a test server's /token endpoint that records its
+// retry pauses instead of sleeping.
+type testClient struct {
+	*tokenClient
+	srv    *httptest.Server
+	mu     sync.Mutex
+	pauses []time.Duration
+	calls  int
+}
+
+func newTestClient(tb testing.TB, timeout time.Duration, handler http.HandlerFunc) *testClient {
+	tb.Helper()
+	tc := &testClient{}
+	tc.srv = httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		tc.mu.Lock()
+		tc.calls++
+		tc.mu.Unlock()
+		handler(w, r)
+	}))
+	tb.Cleanup(tc.srv.Close)
+	p := &fakeProvider{srv: tc.srv}
+	conn := &connEntry{
+		TokenURL: tc.srv.URL + "/token", ClientID: "cli", ClientSecret: testSecret, ClientAuth: clientAuthBody,
+		Username: testUsername, Password: testPassword, CACert: p.caPEM(), RequestTimeout: timeout,
+	}
+	hc, err := newHTTPClient(conn)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	clock := newTestClock()
+	tc.tokenClient = &tokenClient{conn: conn, http: hc, now: clock.Now, sleep: func(ctx context.Context, d time.Duration) error {
+		tc.mu.Lock()
+		tc.pauses = append(tc.pauses, d)
+		tc.mu.Unlock()
+		return ctx.Err()
+	}}
+	return tc
+}
+
+// callCount is how many requests the server received.
+func (tc *testClient) callCount() int {
+	tc.mu.Lock()
+	defer tc.mu.Unlock()
+	return tc.calls
+}
+
+// served answers with a status, a content type and a body, plus header pairs.
+func served(status int, contentType, body string, header ...string) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		reply("", status, contentType, body, header...)(nil)(w, r, nil)
+	}
+}
+
+func TestClient_RetriesTransientFailures(t *testing.T) {
+	cases := map[string]struct {
+		handler    http.HandlerFunc
+		retryAfter [2]time.Duration // range of every pause, when the provider sets Retry-After
+		retried    bool
+		err        string
+	}{
+		"500: jittered backoff": {
+			handler: served(http.StatusInternalServerError, "", ""),
+			retried: true,
+			err:     "password grant failed: token endpoint answered Internal Server Error (HTTP 500)",
+		},
+		"503 with Retry-After in seconds": {
+			handler:    served(http.StatusServiceUnavailable, "application/json", `{"error":"temporarily_unavailable"}`, "Retry-After", "2"),
+			retryAfter: [2]time.Duration{2 * time.Second, 2 * time.Second},
+			retried:    true,
+			err:        "password grant failed: temporarily_unavailable (HTTP 503)",
+		},
+		"429 with Retry-After as an HTTP date": {
+			handler: func(w http.ResponseWriter, r *http.Request) {
+				// The date has whole seconds: ask for 5 s to get more than 4 s.
+				at := time.Now().Add(5 * time.Second).UTC().Format(http.TimeFormat)
+				served(http.StatusTooManyRequests, "", "", "Retry-After", at)(w, r)
+			},
+			retryAfter: [2]time.Duration{4 * time.Second, 5 * time.Second},
+			retried:    true,
+			err:        "password grant failed: token endpoint answered Too Many Requests (HTTP 429)",
+		},
+		"400 invalid_request: not retried": {
+			handler: served(http.StatusBadRequest, "application/json", `{"error":"invalid_request","error_description":"missing username"}`),
+			err:     "password grant failed: invalid_request: missing username (HTTP 400)",
+		},
+		"unreadable 200: not retried": {
+			handler: served(http.StatusOK, "application/json", `{"access_token":`),
+			err:     "password grant failed: unreadable token response: body is not valid JSON (HTTP 200)",
+		},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			const timeout = 10 * time.Second
+			c := newTestClient(t, timeout, tc.handler)
+			_, err := c.passwordGrant(context.Background(), nil)
+			if err == nil || err.Error() != tc.err {
+				t.Fatalf("error = %v, want %s", err, tc.err)
+			}
+			if tc.retried != (len(c.pauses) > 0) {
+				t.Fatalf("pauses %v, want retries: %v", c.pauses, tc.retried)
+			}
+			if c.callCount() != 1+len(c.pauses) {
+				t.Errorf("%d calls with %d pauses", c.callCount(), len(c.pauses))
+			}
+			var total time.Duration
+			delay := firstRetryDelay
+			for i, p := range c.pauses {
+				switch {
+				case tc.retryAfter[1] > 0 && (p < tc.retryAfter[0] || p > tc.retryAfter[1]):
+					t.Errorf("pause %d = %v, want Retry-After %v", i, p, tc.retryAfter)
+				case tc.retryAfter[1] == 0 && (p < delay/2 || p >= delay*3/2):
+					t.Errorf("pause %d = %v, want within [%v, %v)", i, p, delay/2, delay*3/2)
+				}
+				total += p
+				delay *= 2
+			}
+			if total >= timeout {
+				t.Errorf("pauses add up to %v, beyond request_timeout %v", total, timeout)
+			}
+		})
+	}
+}
+
+func TestClient_RetryStopsAtTheDeadline(t *testing.T) {
+	// Real time: a provider that answers 503 after 600ms, with a 1s request_timeout and
+	// sleeps that take no time, is tried twice at most before the deadline stops it.
+	c := newTestClient(t, time.Second, func(w http.ResponseWriter, r *http.Request) {
+		time.Sleep(600 * time.Millisecond)
+		w.WriteHeader(http.StatusServiceUnavailable)
+	})
+	started := time.Now()
+	_, err := c.passwordGrant(context.Background(), nil)
+	if err == nil || time.Since(started) > 3*time.Second {
+		t.Fatalf("error %v after %v", err, time.Since(started))
+	}
+	if n := c.callCount(); n > 2 {
+		t.Errorf("%d calls inside a 1s request_timeout", n)
+	}
+}
+
+func TestClient_Classification(t *testing.T) {
+	cases := map[string]struct {
+		handler  http.HandlerFunc
+		kind     failureKind
+		rejected bool // the password grant's credentials were rejected
+		err      string
+		advice   string
+	}{
+		"invalid_grant": {
+			handler: served(http.StatusBadRequest, "application/json", `{"error":"invalid_grant","error_description":"Invalid user credentials"}`),
+			kind:    failRejected, rejected: true,
+			err:    "password grant failed: invalid_grant: Invalid user credentials (HTTP 400)",
+			advice: adviceRejected,
+		},
+		"invalid_client form-encoded": {
+			handler: served(http.StatusUnauthorized, "application/x-www-form-urlencoded", "error=invalid_client&error_description=bad+secret"),
+			kind:    failRejected, rejected: true,
+			err:    "password grant failed: invalid_client: bad secret (HTTP 401)",
+			advice: adviceRejected,
+		},
+		"401 with a text body": {
+			handler: served(http.StatusUnauthorized, "text/html", "<h1>denied</h1>"),
+			kind:    failRejected, rejected: true,
+			err:    "password grant failed: token endpoint answered Unauthorized with a body that is not an OAuth2 error (text/html) (HTTP 401)",
+			advice: adviceRejected,
+		},
+		"403 without a body: rejected, not the credentials": {
+			handler: served(http.StatusForbidden, "", ""),
+			kind:    failRejected,
+			err:     "password grant failed: token endpoint answered Forbidden (HTTP 403)",
+			advice:  adviceRejected,
+		},
+		"400 invalid_scope": {
+			handler: served(http.StatusBadRequest, "application/json", `{"error":"invalid_scope"}`),
+			kind:    failRejected,
+			err:     "password grant failed: invalid_scope (HTTP 400)",
+			advice:  adviceRejected,
+		},
+		"200 carrying an error": {
+			handler: served(http.StatusOK, "application/json", `{"error":"unauthorized_client","error_description":"grant not allowed"}`),
+			kind:    failRejected, rejected: true,
+			err:    "password grant failed: unauthorized_client: grant not allowed (HTTP 200)",
+			advice: adviceRejected,
+		},
+		"200 form-encoded without access_token": {
+			handler: served(http.StatusOK, "text/plain", "token_type=bearer"),
+			kind:    failAmbiguous,
+			err:     "password grant failed: unusable token response: no access_token in the response (HTTP 200)",
+			advice:  adviceAmbiguous,
+		},
+		"200 with an empty body": {
+			handler: served(http.StatusOK, "application/json", ""),
+			kind:    failAmbiguous,
+			err:     "password grant failed: unreadable token response: body is empty (HTTP 200)",
+			advice:  adviceAmbiguous,
+		},
+		"200 form content type that is not a form": {
+			handler: served(http.StatusOK, "application/x-www-form-urlencoded", "%zz"),
+			kind:    failAmbiguous,
+			err:     "password grant failed: unreadable token response: body is neither JSON nor form-encoded (HTTP 200)",
+			advice:  adviceAmbiguous,
+		},
+		"redirect": {
+			handler: func(w http.ResponseWriter, r *http.Request) {
+				http.Redirect(w, r, "https://other.example:8443/token?code=1#x", http.StatusFound)
+			},
+			kind: failInvalid,
+			err:  `password grant failed: token endpoint redirected to "https://other.example:8443/token"; redirects are not followed: set token_url to the final address (HTTP 302)`,
+		},
+		"redirect without a location": {
+			handler: served(http.StatusMovedPermanently, "", ""),
+			kind:    failInvalid,
+			err:     `password grant failed: token endpoint redirected to "an unknown location"; redirects are not followed: set token_url to the final address (HTTP 301)`,
+		},
+		"reset after the request was sent": {
+			handler: func(w http.ResponseWriter, r *http.Request) { resetConn(w) },
+			kind:    failAmbiguous,
+			err:     "password grant failed: connection reset before an answer came",
+			advice:  adviceAmbiguous,
+		},
+		"closed after the request was sent": {
+			handler: func(w http.ResponseWriter, r *http.Request) {
+				conn, _, err := w.(http.Hijacker).Hijack()
+				if err == nil {
+					_ = conn.Close()
+				}
+			},
+			kind:   failAmbiguous,
+			err:    "password grant failed: connection closed before an answer came",
+			advice: adviceAmbiguous,
+		},
+		"body cut short": {
+			handler: func(w http.ResponseWriter, r *http.Request) {
+				w.Header().Set("Content-Length", "100")
+				w.WriteHeader(http.StatusOK)
+				_, _ = w.Write([]byte(`{"access_token":`))
+				w.(http.Flusher).Flush()
+				resetConn(w)
+			},
+			kind:   failAmbiguous,
+			err:    "password grant failed: reading the response failed: connection reset before an answer came (HTTP 200)",
+			advice: adviceAmbiguous,
+		},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			c := newTestClient(t, 10*time.Second, tc.handler)
+			_, err := c.passwordGrant(context.Background(), nil)
+			var gerr *grantError
+			if !errors.As(err, &gerr) {
+				t.Fatalf("error %v is not a grant error", err)
+			}
+			if gerr.kind != tc.kind || gerr.credentialsRejected() != tc.rejected {
+				t.Errorf("kind %d, credentials rejected %v; want %d, %v", gerr.kind, gerr.credentialsRejected(), tc.kind, tc.rejected)
+			}
+			if err.Error() != tc.err {
+				t.Errorf("error:\n got %s\nwant %s", err, tc.err)
+			}
+			if gerr.advice() != tc.advice {
+				t.Errorf("advice = %q, want %q", gerr.advice(), tc.advice)
+			}
+			if n := c.callCount(); n != 1 {
+				t.Errorf("%d calls, want 1 (no retry)", n)
+			}
+		})
+	}
+}
+
+func TestClient_RedirectIsNotFollowed(t *testing.T) {
+	var elsewhere int
+	other := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { elsewhere++ }))
+	defer other.Close()
+	c := newTestClient(t, 10*time.Second, func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, other.URL+"/token", http.StatusTemporaryRedirect)
+	})
+	// Trust the other server too: the redirect must not be followed even so.
+	c.conn.CACert += (&fakeProvider{srv: other}).caPEM()
+	_, err := c.refreshGrant(context.Background(), "rt-secret-value")
+	if err == nil || !strings.Contains(err.Error(), "redirects are not followed") {
+		t.Fatalf("error = %v", err)
+	}
+	if elsewhere != 0 {
+		t.Errorf("the redirect target got %d requests", elsewhere)
+	}
+	assertNoSecrets(t, "error", err.Error(), "rt-secret-value", testSecret)
+}
+
+func TestClient_ProviderTextIsSafe(t *testing.T) {
+	const rt = "rt-echoed-by-the-provider"
+	cases := map[string]struct {
+		body string
+		err  string
+	}{
+		"secrets echoed in the description": {
+			body: fmt.Sprintf(`{"error":"invalid_grant","error_description":"token %s (client %s) is not active"}`, rt, testSecret),
+			err:  "refresh_token grant failed: invalid_grant: token [redacted] (client [redacted]) is not active (HTTP 400)",
+		},
+		"a huge description is clipped": {
+			body: `{"error":"invalid_grant","error_description":"` + strings.Repeat("é", 5000) + `"}`,
+			err:  "refresh_token grant failed: invalid_grant: " + strings.Repeat("é", maxQuoted/2) + "... (HTTP 400)",
+		},
+		"invalid UTF-8": {
+			body: "{\"error\":\"invalid_grant\",\"error_description\":\"bad \xff byte\"}",
+			err:  "refresh_token grant failed: invalid_grant: bad \uFFFD byte (HTTP 400)",
+		},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			c := newTestClient(t, 10*time.Second, served(http.StatusBadRequest, "application/json", tc.body))
+			_, err := c.refreshGrant(context.Background(), rt)
+			if err == nil || err.Error() != tc.err {
+				t.Fatalf("error:\n got %v\nwant %s", err, tc.err)
+			}
+			assertNoSecrets(t, "error", err.Error(), rt, testSecret, testPassword)
+		})
+	}
+}
+
+func TestClient_Revoke(t *testing.T) {
+	cases := map[string]struct {
+		handler http.HandlerFunc
+		err     string
+	}{
+		"accepted":         {handler: served(http.StatusOK, "", "")},
+		"refused":          {handler: served(http.StatusBadRequest, "", ""), err: "revocation endpoint answered HTTP 400"},
+		"connection reset": {handler: func(w http.ResponseWriter, r *http.Request) { resetConn(w) }, err: "revocation request failed: connection reset before an answer came"},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			c := newTestClient(t, 10*time.Second, tc.handler)
+			c.conn.RevocationURL = c.srv.URL + "/revoke"
+			err := c.revoke(context.Background(), "rt-to-revoke-1234")
+			if got := fmt.Sprint(err); (tc.err == "" && err != nil) || (tc.err != "" && got != tc.err) {
+				t.Errorf("error = %v, want %q", err, tc.err)
+			}
+		})
+	}
+}
+
+func TestParseRetryAfter(t *testing.T) {
+	now := time.Date(2026, 3, 2, 9, 0, 0, 0, time.UTC)
+	cases := map[string]struct {
+		header string
+		want   time.Duration
+	}{
+		"absent":              {"", 0},
+		"seconds":             {"3", 3 * time.Second},
+		"spaces":              {" 7 ", 7 * time.Second},
+		"zero":                {"0", 0},
+		"negative":            {"-5", 0},
+		"not a number":        {"soon", 0},
+		"huge seconds capped": {"99999999999999", maxRetryAfter},
+		"http date":           {now.Add(90 * time.Second).Format(http.TimeFormat), 90 * time.Second},
+		"past http date":      {now.Add(-time.Minute).Format(http.TimeFormat), 0},
+		"far http date":       {now.Add(72 * time.Hour).Format(http.TimeFormat), maxRetryAfter},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			if got := parseRetryAfter(tc.header, now); got != tc.want {
+				t.Errorf("parseRetryAfter(%q) = %v, want %v", tc.header, got, tc.want)
+			}
+		})
+	}
+}
+
+func TestTokenFromFields(t *testing.T) {
+	started := time.Date(2026, 3, 2, 9, 0, 0, 0, time.UTC)
+	jwt := testJWT(map[string]any{"exp": started.Add(42 * time.Minute).Unix()})
+	cases := map[string]struct {
+		contentType string
+		body        string
+		expires     time.Time
+		refresh     time.Time // refresh token expiry; zero: unknown
+		tokenType   string
+		err         string
+	}{
+		"expires_in number":      {body: `{"access_token":"a","expires_in":1199}`, expires: started.Add(1199 * time.Second)},
+		"expires_in string":      {body: `{"access_token":"a","expires_in":" 1800 "}`, expires: started.Add(1800 * time.Second)},
+		"expires_in fraction":    {body: `{"access_token":"a","expires_in":1.5}`, expires: started.Add(1500 * time.Millisecond)},
+		"expires_in beats exp":   {body: `{"access_token":"` + jwt + `","expires_in":60,"expires_at":1}`, expires: started.Add(time.Minute)},
+		"expires_in capped":      {body: `{"access_token":"a","expires_in":1e300}`, expires: started.Add(maxSeconds * time.Second)},
+		"expires_at seconds":     {body: fmt.Sprintf(`{"access_token":"a","expires_at":%d}`, started.Add(time.Hour).Unix()), expires: started.Add(time.Hour)},
+		"expires_at ms":          {body: fmt.Sprintf(`{"access_token":"a","expires_at":%d}`, started.Add(time.Hour).UnixMilli()), expires: started.Add(time.Hour)},
+		"expires_at ms string":   {body: fmt.Sprintf(`{"access_token":"a","expires_at":"%d"}`, started.Add(time.Hour).UnixMilli()), expires: started.Add(time.Hour)},
+		"expires_at RFC 3339":    {body: `{"access_token":"a","expires_at":"2026-03-02T10:30:00+01:00"}`, expires: started.Add(30 * time.Minute)},
+		"expires_at in the past": {body: `{"access_token":"a","expires_at":"2026-03-02T08:00:00Z"}`, expires: started.Add(-time.Hour)},
+		"expires_at far future":  {body: `{"access_token":"a","expires_at":"9999-12-31T23:59:59Z"}`, expires: started.Add(maxSeconds * time.Second)},
+		"JWT exp":                {body: `{"access_token":"` + jwt + `"}`, expires: started.Add(42 * time.Minute)},
+		"zero expires_in: JWT":   {body: `{"access_token":"` + jwt + `","expires_in":0}`, expires: started.Add(42 * time.Minute)},
+		"tiny expires_in: JWT":   {body: `{"access_token":"` + jwt + `","expires_in":1e-12}`, expires: started.Add(42 * time.Minute)},
+		"bad expiry: fallback":   {body: `{"access_token":"a.b.c","expires_in":"Infinity","expires_at":"tomorrow"}`, expires: started.Add(fallbackLifetime)},
+		"NaN: fallback":          {body: `{"access_token":"a","expires_in":"NaN"}`, expires: started.Add(fallbackLifetime)},
+		"nothing: fallback":      {body: `{"access_token":"a"}`, expires: started.Add(fallbackLifetime)},
+		"refresh_expires_in":     {body: `{"access_token":"a","expires_in":60,"refresh_expires_in":3600}`, expires: started.Add(time.Minute), refresh: started.Add(time.Hour)},
+		"refresh_expires_in 0":   {body: `{"access_token":"a","expires_in":60,"refresh_expires_in":0}`, expires: started.Add(time.Minute)},
+		"token_type kept":        {body: `{"access_token":"a","expires_in":60,"token_type":"DPoP"}`, expires: started.Add(time.Minute), tokenType: "DPoP"},
+		"form-encoded": {
+			contentType: "application/x-www-form-urlencoded", body: "access_token=a&expires_in=60&token_type=bearer",
+			expires: started.Add(time.Minute),
+		},
+		"empty access_token":   {body: `{"access_token":"","expires_in":60}`, err: "no access_token in the response"},
+		"numeric access_token": {body: `{"access_token":12345}`, err: "no access_token in the response"},
+		"not JSON":             {contentType: "text/html", body: "<html>", err: `body is not JSON (content type "text/html")`},
+		"broken JSON":          {body: `{"access_token":"a"`, err: "body is not valid JSON"},
+		"empty":                {body: " \n", err: "body is empty"},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			fields, err := parseBody(cmp.Or(tc.contentType, "application/json"), []byte(tc.body))
+			var tok *tokenResponse
+			if err == nil {
+				tok, err = tokenFromFields(fields, started)
+			}
+			if tc.err != "" || err != nil {
+				if fmt.Sprint(err) != tc.err {
+					t.Fatalf("error = %v, want %q", err, tc.err)
+				}
+				return
+			}
+			if !tok.ExpiresAt.Equal(tc.expires) || !tok.RefreshExpiresAt.Equal(tc.refresh) {
+				t.Errorf("expires %v, refresh expires %v; want %v, %v", tok.ExpiresAt, tok.RefreshExpiresAt, tc.expires, tc.refresh)
+			}
+			if want := cmp.Or(tc.tokenType, "Bearer"); tok.TokenType != want {
+				t.Errorf("token_type = %q, want %q", tok.TokenType, want)
+			}
+		})
+	}
+}
+
+func TestDescribeNetError(t *testing.T) {
+	cases := map[string]struct {
+		err  error
+		want string
+	}{
+		"deadline":   {&url.Error{Op: "Post", URL: "https://x/token?secret=1", Err: context.DeadlineExceeded}, "no answer within request_timeout"},
+		"canceled":   {&url.Error{Op: "Post", URL: "https://x/token?secret=1", Err: context.Canceled}, "request canceled"},
+		"reset":      {&url.Error{Op: "Post", URL: "https://x/token?secret=1", Err: fmt.Errorf("read: %w", syscall.ECONNRESET)}, "connection reset before an answer came"},
+		"eof":        {&url.Error{Op: "Post", URL: "https://x/token?secret=1", Err: io.EOF}, "connection closed before an answer came"},
+		"short body": {io.ErrUnexpectedEOF, "connection closed before an answer came"},
+		"other":      {&url.Error{Op: "Post", URL: "https://x/token?secret=1", Err: errors.New("dial tcp: lookup x: no such host")}, "dial tcp: lookup x: no such host"},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			if got := describeNetError(tc.err); got != tc.want {
+				t.Errorf("describeNetError = %q, want %q", got, tc.want)
+			}
+		})
+	}
+}
