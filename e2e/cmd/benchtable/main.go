@@ -42,8 +42,8 @@ func run() error {
 	flag.IntVar(&opts.blocks, "blocks", 3, "measured blocks of alternating rounds")
 	flag.IntVar(&opts.rounds, "rounds", 2000, "alternating rounds per block (one request per endpoint each)")
 	flag.IntVar(&opts.clients, "clients", 4, "concurrent clients in the throughput phase")
-	flag.DurationVar(&opts.window, "window", 500*time.Millisecond, "one endpoint's turn in the throughput phase")
-	flag.IntVar(&opts.windows, "windows", 6, "turns per endpoint in the throughput phase")
+	flag.DurationVar(&opts.window, "window", 250*time.Millisecond, "one endpoint's turn in the throughput phase")
+	flag.IntVar(&opts.windows, "windows", 12, "turns per endpoint in the throughput phase")
 	flag.Parse()
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)

@@ -14,7 +14,7 @@ var benchInfo = map[string]struct{ what, target string }{
 	"CredsColdRefresh":    {"Backend: creds read that renews the token", ""},
 	"Burst":               {"1,000 concurrent reads at expiry", "exactly 1 provider call"},
 	"SimulatedDay":        {"Simulated day, 20-minute token", "provider calls = ideal renewals; no password login after the first"},
-	"PeriodicNothingDue":  {"Periodic function, 10,000 roles, nothing due", "< 1 ms"},
+	"PeriodicNothingDue":  {"Periodic function, nothing due", "< 1 ms with 10,000 roles"},
 }
 
 // maxFloorRatio is SPEC section 6's target for bearer/floor at p50.
