@@ -143,6 +143,18 @@ func (b *backend) background(ctx context.Context, s logical.Storage, name string
 	}
 }
 
+// markServed records that a role's current token was handed out. The first time, it
+// makes sure the background renews the token by its renewal point: while nobody read
+// it, the schedule may have put it off until its refresh token's keep-alive point.
+func (b *backend) markServed(name string, rc *roleCache) {
+	if rc.served.Load() || rc.served.Swap(true) {
+		return
+	}
+	if rc.role.BackgroundRefresh {
+		b.sched.advance(name, renewalPoint(rc.role, rc.token))
+	}
+}
+
 // schedule is the in-memory set of due times of background work, in a min-heap.
 type schedule struct {
 	// mu guards every field.
@@ -177,6 +189,18 @@ func (s *schedule) setLocked(name string, at time.Time) {
 	if len(s.queue) > 2*len(s.due)+64 {
 		s.compact()
 	}
+}
+
+// advance makes a role due at at, unless it is due earlier already. Like touch, it
+// acts only on a built schedule: building computes every due time anyway, and a node
+// that never runs the background (a standby) keeps no schedule.
+func (s *schedule) advance(name string, at time.Time) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if cur, ok := s.due[name]; !s.built || (ok && !cur.After(at)) {
+		return
+	}
+	s.setLocked(name, at)
 }
 
 // touch makes a role due now, so that the next run re-reads it; used when another

@@ -139,9 +139,7 @@ func (b *backend) getToken(ctx context.Context, s logical.Storage, name string, 
 			rc := v.(*roleCache)
 			want := max(rc.role.MinTTL, minTTL)
 			if !rc.unsaved && rc.token.usable(b.now(), want) {
-				if !rc.served.Load() {
-					rc.served.Store(true)
-				}
+				b.markServed(name, rc)
 				return tokenResult{token: rc.token, view: rc.view, minTTL: want}, nil
 			}
 		}
@@ -168,7 +166,7 @@ func (b *backend) getToken(ctx context.Context, s logical.Storage, name string, 
 		}
 	}
 	if !force && rc.token.usable(b.now(), want) {
-		rc.served.Store(true)
+		b.markServed(name, rc)
 		res.token, res.view = rc.token, rc.view
 		return res, nil
 	}
@@ -184,7 +182,7 @@ func (b *backend) getToken(ctx context.Context, s logical.Storage, name string, 
 		res.warnings = append(res.warnings, warning)
 	}
 	if latest, ok := b.cacheLoaded(name); ok && latest.token == tok {
-		latest.served.Store(true)
+		b.markServed(name, latest)
 		res.view = latest.view
 	}
 	res.token = tok
@@ -449,13 +447,14 @@ func (b *backend) discardTokens(ctx context.Context, s logical.Storage, name, re
 	return nil
 }
 
-// forget drops a role's cached state and schedule entry.
+// forget drops a role's cached state and makes the role due now, so that the next
+// periodic run reads it again: an idle session must stay scheduled for its keep-alive.
 func (b *backend) forget(name string) {
 	b.invalidateMu.Lock()
 	b.generation.Add(1)
 	b.cache.Delete(name)
 	b.invalidateMu.Unlock()
-	b.sched.set(name, time.Time{})
+	b.sched.set(name, b.now())
 }
 
 // client returns the cached HTTP token client of a connection.

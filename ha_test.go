@@ -1,0 +1,521 @@
+package bearer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/vault/sdk/helper/consts"
+	"github.com/hashicorp/vault/sdk/logical"
+	"github.com/hashicorp/vault/sdk/plugin/pb"
+)
+
+// recordingStorage passes everything through and records the keys written or deleted,
+// so that a test can invalidate them on another node as Vault does; with onWrite set,
+// it calls it with each key right after the write.
+type recordingStorage struct {
+	logical.Storage
+
+	// mu guards keys and onWrite.
+	mu      sync.Mutex
+	keys    []string
+	onWrite func(key string)
+}
+
+func (s *recordingStorage) Put(ctx context.Context, e *logical.StorageEntry) error {
+	if err := s.Storage.Put(ctx, e); err != nil {
+		return err
+	}
+	s.record(e.Key)
+	return nil
+}
+
+func (s *recordingStorage) Delete(ctx context.Context, key string) error {
+	if err := s.Storage.Delete(ctx, key); err != nil {
+		return err
+	}
+	s.record(key)
+	return nil
+}
+
+func (s *recordingStorage) record(key string) {
+	s.mu.Lock()
+	s.keys = append(s.keys, key)
+	onWrite := s.onWrite
+	s.mu.Unlock()
+	if onWrite != nil {
+		onWrite(key)
+	}
+}
+
+// drain returns the keys written since the last call.
+func (s *recordingStorage) drain() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	keys := s.keys
+	s.keys = nil
+	return keys
+}
+
+// readOnlyStorage is storage as a standby sees it: reads pass, writes fail with Vault's
+// read-only error, which reaches a plugin over gRPC as plain text.
+type readOnlyStorage struct{ logical.Storage }
+
+func (readOnlyStorage) Put(context.Context, *logical.StorageEntry) error {
+	return errors.New(logical.ErrReadOnly.Error())
+}
+
+func (readOnlyStorage) Delete(context.Context, string) error {
+	return errors.New(logical.ErrReadOnly.Error())
+}
+
+// newRecordedEnv is a test backend whose storage writes are recorded.
+func newRecordedEnv(tb testing.TB) (*testEnv, *recordingStorage) {
+	tb.Helper()
+	rec := &recordingStorage{Storage: &logical.InmemStorage{}}
+	env := &testEnv{storage: &testStorage{Storage: rec}, clock: newTestClock(), logs: &syncBuffer{}}
+	env.start(tb)
+	return env, rec
+}
+
+// newNode starts another node's backend over storage, on env's clock.
+func newNode(tb testing.TB, env *testEnv, storage logical.Storage) *testEnv {
+	tb.Helper()
+	node := &testEnv{storage: &testStorage{Storage: storage}, clock: env.clock, logs: env.logs}
+	node.start(tb)
+	return node
+}
+
+// TestHA_ForwardingFlags: the mutating operations carry the unconditional forwarding
+// flags; the creds read does not, so that standbys serve cached tokens themselves.
+func TestHA_ForwardingFlags(t *testing.T) {
+	env := getTestBackend(t)
+	want := map[string]bool{ // path prefix and operation: forwarded
+		"config/ create": true,
+		"config/ update": true,
+		"config/ delete": true,
+		"config/ read":   false,
+		"config/?$ list": false,
+		"roles/ create":  true,
+		"roles/ update":  true,
+		"roles/ delete":  true,
+		"roles/ read":    false,
+		"roles/?$ list":  false,
+		"creds/ update":  true,
+		"creds/ delete":  true,
+		"creds/ read":    false,
+	}
+	seen := map[string]bool{}
+	for _, path := range env.b.Paths {
+		prefix, _, _ := strings.Cut(path.Pattern, "(")
+		for op, handler := range path.Operations {
+			key := fmt.Sprintf("%s %s", prefix, op)
+			seen[key] = true
+			forward, ok := want[key]
+			props := handler.Properties()
+			switch {
+			case !ok:
+				t.Errorf("%s: an operation this test does not know", key)
+			case props.ForwardPerformanceStandby != forward || props.ForwardPerformanceSecondary != forward:
+				t.Errorf("%s: ForwardPerformanceStandby=%v ForwardPerformanceSecondary=%v, want %v",
+					key, props.ForwardPerformanceStandby, props.ForwardPerformanceSecondary, forward)
+			}
+		}
+	}
+	for key := range want {
+		if !seen[key] {
+			t.Errorf("%s: no such operation", key)
+		}
+	}
+}
+
+// TestHA_ReadOnlyNodes: on each node that cannot write storage, a valid token is served
+// locally (from storage, then from memory), a read that needs a new token answers
+// ErrReadOnly before any provider call, the periodic function does nothing, and the
+// mutating operations are refused so that Vault forwards them. After the active node
+// renews the token, invalidation lets the standby serve it.
+func TestHA_ReadOnlyNodes(t *testing.T) {
+	cases := map[string]struct {
+		state consts.ReplicationState
+		local bool
+		// forwarded: the framework refuses the flagged operations itself. Vault sends no
+		// requests to a DR secondary's mounts, so there only the creds path is checked.
+		forwarded bool
+	}{
+		"performance standby": {
+			state: consts.ReplicationPerformanceStandby, forwarded: true,
+		},
+		"performance secondary, replicated mount": {
+			state: consts.ReplicationPerformanceSecondary, forwarded: true,
+		},
+		"performance standby of a secondary, local mount": {
+			state: consts.ReplicationPerformanceSecondary | consts.ReplicationPerformanceStandby, local: true, forwarded: true,
+		},
+		"dr secondary": {
+			state: consts.ReplicationDRSecondary,
+		},
+	}
+	ctx := context.Background()
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			active := getTestBackend(t)
+			p := withMindbaz(t, active, 0, nil, nil)
+			first := active.readCreds(t, "app").Data["access_token"]
+
+			node := newNode(t, active, readOnlyStorage{active.storage.Storage})
+			node.sys.ReplicationStateVal = tc.state
+			node.sys.LocalMountVal = tc.local
+			if node.b.canWrite() {
+				t.Fatal("canWrite on a node that cannot write storage")
+			}
+			calls := p.calls("")
+
+			if got := node.readCreds(t, "app").Data["access_token"]; got != first {
+				t.Error("the node did not serve the stored token")
+			}
+			ops := node.storage.ops()
+			if got := node.readCreds(t, "app").Data["access_token"]; got != first || node.storage.ops() != ops {
+				t.Errorf("the cached read returned another token or made %d storage operations", node.storage.ops()-ops)
+			}
+
+			active.clock.Add(p.accessTTL - 100*time.Second) // past the renewal point
+			node.runPeriodic(t)
+			if node.storage.ops() != ops || node.b.sched.len() != 0 {
+				t.Errorf("the periodic function made %d storage operations and scheduled %d roles", node.storage.ops()-ops, node.b.sched.len())
+			}
+
+			active.clock.Add(100*time.Second + time.Second) // expired
+			requests := map[string]struct {
+				op   logical.Operation
+				path string
+				data map[string]any
+				skip bool
+			}{
+				"creds read":    {op: logical.ReadOperation, path: "creds/app"},
+				"creds update":  {op: logical.UpdateOperation, path: "creds/app"},
+				"creds delete":  {op: logical.DeleteOperation, path: "creds/app", skip: !tc.forwarded},
+				"role update":   {op: logical.UpdateOperation, path: "roles/app", data: map[string]any{"min_ttl": "90s"}, skip: !tc.forwarded},
+				"role delete":   {op: logical.DeleteOperation, path: "roles/app", skip: !tc.forwarded},
+				"config update": {op: logical.UpdateOperation, path: "config/conn", data: map[string]any{"password": "x-new-pass"}, skip: !tc.forwarded},
+				"config delete": {op: logical.DeleteOperation, path: "config/conn", skip: !tc.forwarded},
+			}
+			for what, r := range requests {
+				if r.skip {
+					continue
+				}
+				resp, err := node.request(t, r.op, r.path, r.data)
+				if !errors.Is(err, logical.ErrReadOnly) {
+					t.Errorf("%s: err=%v resp=%#v, want ErrReadOnly", what, err, resp)
+				}
+			}
+			if got := p.calls(""); got != calls {
+				t.Errorf("the node made %d provider calls", got-calls)
+			}
+			if puts := node.storage.puts.Load(); puts != 0 {
+				t.Errorf("the node tried %d storage writes", puts)
+			}
+
+			// Vault runs the read again on the active node; its write reaches the node
+			// as an invalidation.
+			renewed := active.readCreds(t, "app").Data["access_token"]
+			node.b.InvalidateKey(ctx, tokenPrefix+"app")
+			if got := node.readCreds(t, "app").Data["access_token"]; got != renewed || got == first {
+				t.Error("after the invalidation the node did not serve the active node's new token")
+			}
+			if got := p.calls(""); got != calls+1 {
+				t.Errorf("provider calls = %d, want 1: the active node's renewal", got-calls)
+			}
+		})
+	}
+}
+
+// TestHA_WritableStates: where the node may write, it renews tokens itself and runs the
+// background.
+func TestHA_WritableStates(t *testing.T) {
+	cases := map[string]struct {
+		state consts.ReplicationState
+		local bool
+	}{
+		"no replication":                     {},
+		"performance primary":                {state: consts.ReplicationPerformancePrimary},
+		"dr primary":                         {state: consts.ReplicationDRPrimary},
+		"performance secondary, local mount": {state: consts.ReplicationPerformanceSecondary, local: true},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			env := getTestBackend(t)
+			env.sys.ReplicationStateVal = tc.state
+			env.sys.LocalMountVal = tc.local
+			p := withMindbaz(t, env, 0, nil, nil)
+			sim := newSchedSim(p, time.Second, time.Minute, env)
+			sim.run(t, time.Hour)
+			if sim.backgroundCalls() == 0 || sim.readCalls != 0 || p.calls(grantPassword) != 1 {
+				t.Errorf("background calls %d, calls inside reads %d, logins %d; want >0, 0, 1",
+					sim.backgroundCalls(), sim.readCalls, p.calls(grantPassword))
+			}
+		})
+	}
+}
+
+// TestHA_IsReadOnlyErr: Vault's read-only storage error is recognised however it
+// arrives, also as the plain text it becomes on the plugin's gRPC boundary.
+func TestHA_IsReadOnlyErr(t *testing.T) {
+	overGRPC := pb.ProtoErrToErr(pb.ErrToProtoErr(logical.ErrReadOnly))
+	if errors.Is(overGRPC, logical.ErrReadOnly) {
+		t.Fatal("the gRPC round trip kept the error's identity: the text match is not needed any more")
+	}
+	cases := map[string]struct {
+		err  error
+		want bool
+	}{
+		"nil":                       {err: nil},
+		"the sentinel":              {err: logical.ErrReadOnly, want: true},
+		"wrapped sentinel":          {err: fmt.Errorf("writing tokens/app: %w", logical.ErrReadOnly), want: true},
+		"across gRPC":               {err: overGRPC, want: true},
+		"across gRPC, then wrapped": {err: fmt.Errorf("writing tokens/app: %w", overGRPC), want: true},
+		"as text in a message":      {err: errors.New("rpc error: code = Unknown desc = " + logical.ErrReadOnly.Error()), want: true},
+		"another storage error":     {err: errors.New("writing tokens/app: storage unavailable")},
+		"setup read-only":           {err: logical.ErrSetupReadOnly},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			if got := isReadOnlyErr(tc.err); got != tc.want {
+				t.Errorf("isReadOnlyErr(%v) = %v, want %v", tc.err, got, tc.want)
+			}
+		})
+	}
+}
+
+// TestHA_InvalidateKeepsCachesCoherent: two nodes over one storage. One changes
+// something; the other, invalidated with the keys that were written, serves the new
+// token without a provider call and caches what storage holds.
+func TestHA_InvalidateKeepsCachesCoherent(t *testing.T) {
+	const newPassword = "n3w-Pa55word-ABC"
+	cases := map[string]struct {
+		change func(t *testing.T, active *testEnv, p *fakeProvider)
+		check  func(t *testing.T, other *testEnv)
+	}{
+		"refresh": {
+			change: func(t *testing.T, active *testEnv, _ *fakeProvider) {
+				active.mustOK(t, logical.UpdateOperation, "creds/app", nil)
+			},
+		},
+		"role change": {
+			change: func(t *testing.T, active *testEnv, _ *fakeProvider) {
+				active.mustOK(t, logical.UpdateOperation, "roles/app", map[string]any{"min_ttl": "300s"})
+				active.mustOK(t, logical.UpdateOperation, "creds/app", nil)
+			},
+			check: func(t *testing.T, other *testEnv) {
+				if rc, ok := other.b.cacheLoaded("app"); !ok || rc.role.MinTTL != 300*time.Second {
+					t.Error("the cached role is not the changed one")
+				}
+			},
+		},
+		"role scopes change discards the session": {
+			change: func(t *testing.T, active *testEnv, _ *fakeProvider) {
+				active.mustOK(t, logical.UpdateOperation, "roles/app", map[string]any{"scopes": "profile"})
+			},
+		},
+		"password change": {
+			change: func(t *testing.T, active *testEnv, p *fakeProvider) {
+				p.setPassword(newPassword)
+				active.mustOK(t, logical.UpdateOperation, "config/conn", map[string]any{"password": newPassword, "verify": false})
+				p.mu.Lock()
+				p.live = map[string]bool{} // the provider ends the sessions: the next renewal logs in
+				p.mu.Unlock()
+				active.mustOK(t, logical.UpdateOperation, "creds/app", nil)
+			},
+			check: func(t *testing.T, other *testEnv) {
+				v, ok := other.b.conns.Load("conn")
+				if !ok || v.(*connEntry).Password != newPassword {
+					t.Error("the cached connection does not hold the new password")
+				}
+			},
+		},
+		"account change": {
+			change: func(t *testing.T, active *testEnv, p *fakeProvider) {
+				active.mustOK(t, logical.UpdateOperation, "config/conn", map[string]any{"token_url": p.tokenURL() + "?tenant=2", "verify": false})
+			},
+			check: func(t *testing.T, other *testEnv) {
+				v, ok := other.b.conns.Load("conn")
+				if !ok || !strings.HasSuffix(v.(*connEntry).TokenURL, "?tenant=2") {
+					t.Error("the cached connection is not the changed one")
+				}
+				if c, ok := other.b.clients.Load("conn"); ok && c.(*tokenClient).conn != v.(*connEntry) {
+					t.Error("the cached HTTP client was built for the old connection")
+				}
+			},
+		},
+	}
+	ctx := context.Background()
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			active, rec := newRecordedEnv(t)
+			p := withMindbaz(t, active, 0, nil, nil)
+			old := active.readCreds(t, "app").Data["access_token"]
+			other := newNode(t, active, rec.Storage)
+			if other.readCreds(t, "app").Data["access_token"] != old {
+				t.Fatal("the other node did not serve the stored token")
+			}
+			rec.drain()
+
+			tc.change(t, active, p)
+			want := active.readCreds(t, "app").Data["access_token"]
+			if want == old {
+				t.Fatal("the change did not give the active node a new token")
+			}
+			calls := p.calls("")
+			if other.readCreds(t, "app").Data["access_token"] != old {
+				t.Fatal("before the invalidation the other node did not serve its cached token: the test proves nothing")
+			}
+			for _, key := range rec.drain() {
+				other.b.InvalidateKey(ctx, key)
+			}
+			if got := other.readCreds(t, "app").Data["access_token"]; got != want {
+				t.Errorf("after the invalidation the other node served %v, want the active node's %v", got, want)
+			}
+			if got := p.calls(""); got != calls {
+				t.Errorf("the other node made %d provider calls", got-calls)
+			}
+			if tc.check != nil {
+				tc.check(t, other)
+			}
+		})
+	}
+}
+
+// gatedStorage holds the first Get of key, after reading it, until release is closed.
+type gatedStorage struct {
+	logical.Storage
+	key              string
+	entered, release chan struct{}
+	once             sync.Once
+}
+
+func (s *gatedStorage) Get(ctx context.Context, key string) (*logical.StorageEntry, error) {
+	entry, err := s.Storage.Get(ctx, key)
+	if key == s.key {
+		s.once.Do(func() {
+			close(s.entered)
+			<-s.release
+		})
+	}
+	return entry, err
+}
+
+// TestHA_InvalidationDuringLoad: a load that read storage before an invalidation is not
+// cached, so the next read sees the newer token.
+func TestHA_InvalidationDuringLoad(t *testing.T) {
+	active, rec := newRecordedEnv(t)
+	p := withMindbaz(t, active, 0, nil, nil)
+	old := active.readCreds(t, "app").Data["access_token"]
+	gate := &gatedStorage{Storage: rec.Storage, key: tokenPrefix + "app", entered: make(chan struct{}), release: make(chan struct{})}
+	other := newNode(t, active, gate)
+
+	done := other.readAsync(t)
+	<-gate.entered // the other node has read the old token and not cached it yet
+	rec.drain()
+	renewed := active.mustOK(t, logical.UpdateOperation, "creds/app", nil).Data["access_token"]
+	for _, key := range rec.drain() {
+		other.b.InvalidateKey(context.Background(), key)
+	}
+	close(gate.release)
+	if got := <-done; got != old {
+		t.Errorf("the racing read returned %v, want the token it read, %v", got, old)
+	}
+	calls := p.calls("")
+	if got := other.readCreds(t, "app").Data["access_token"]; got != renewed {
+		t.Error("the load that raced the invalidation was cached: the node serves the old token")
+	}
+	if p.calls("") != calls {
+		t.Error("the other node called the provider")
+	}
+}
+
+// TestHA_CleanDropsScheduleAndCaches: Clean empties the schedule and every cache; the
+// backend then works from storage again.
+func TestHA_CleanDropsScheduleAndCaches(t *testing.T) {
+	env := getTestBackend(t)
+	p := withMindbaz(t, env, 0, nil, nil)
+	tok := env.readCreds(t, "app").Data["access_token"]
+	env.runPeriodic(t)
+	if env.b.sched.len() != 1 {
+		t.Fatalf("schedule holds %d roles before Clean", env.b.sched.len())
+	}
+
+	env.b.Cleanup(context.Background())
+	count := func(m *sync.Map) int {
+		n := 0
+		m.Range(func(any, any) bool { n++; return true })
+		return n
+	}
+	env.b.sched.mu.Lock()
+	built := env.b.sched.built
+	env.b.sched.mu.Unlock()
+	if built || env.b.sched.len() != 0 {
+		t.Errorf("after Clean the schedule is built=%v with %d roles", built, env.b.sched.len())
+	}
+	if n := count(&env.b.cache) + count(&env.b.conns) + count(&env.b.clients); n != 0 {
+		t.Errorf("after Clean the caches hold %d entries", n)
+	}
+
+	calls, lists := p.calls(""), env.storage.lists.Load()
+	if env.readCreds(t, "app").Data["access_token"] != tok || p.calls("") != calls {
+		t.Error("after Clean the stored token was not served")
+	}
+	env.runPeriodic(t)
+	if env.storage.lists.Load() != lists+1 || env.b.sched.len() != 1 {
+		t.Error("after Clean the periodic function did not build the schedule again")
+	}
+}
+
+// TestHA_FailoverKeepsSession: the active node dies in the middle of hours of reads; a
+// new active node over the same storage carries on with the stored refresh token: the
+// span still costs one login and the ideal number of renewals, and no read waits.
+func TestHA_FailoverKeepsSession(t *testing.T) {
+	const day = 6 * time.Hour
+	env := getTestBackend(t)
+	p := withMindbaz(t, env, 20*time.Minute, nil, nil)
+	sim := newSchedSim(p, time.Second, time.Minute, env)
+	sim.run(t, 2*time.Hour+7*time.Minute)
+	env.start(t) // the new active node
+	sim.run(t, day-sim.elapsed)
+
+	role := &roleEntry{MinTTL: defaultMinTTL, BackgroundRefresh: true}
+	ideal := idealRenewals(role, p.accessTTL, time.Minute, day)
+	if p.calls(grantPassword) != 1 || p.calls(grantRefresh) != ideal || sim.readCalls != 0 {
+		t.Errorf("logins %d, refreshes %d (ideal %d), calls inside reads %d; want 1, ideal, 0",
+			p.calls(grantPassword), p.calls(grantRefresh), ideal, sim.readCalls)
+	}
+}
+
+// TestHA_StandbyServesReads: an active node and a performance standby share the reads
+// for hours. The standby serves every read itself (no forwarding, no provider call, no
+// storage write): the active node's background renewals reach it as invalidations.
+func TestHA_StandbyServesReads(t *testing.T) {
+	const span = 3 * time.Hour
+	active, rec := newRecordedEnv(t)
+	p := withMindbaz(t, active, 20*time.Minute, nil, nil)
+	standby := newNode(t, active, readOnlyStorage{rec.Storage})
+	standby.sys.ReplicationStateVal = consts.ReplicationPerformanceStandby
+	rec.mu.Lock()
+	rec.onWrite = func(key string) { standby.b.InvalidateKey(context.Background(), key) }
+	rec.mu.Unlock()
+
+	sim := newSchedSim(p, time.Second, time.Minute, active, standby)
+	sim.run(t, span)
+	role := &roleEntry{MinTTL: defaultMinTTL, BackgroundRefresh: true}
+	ideal := idealRenewals(role, p.accessTTL, time.Minute, span)
+	if sim.forwarded != 0 || sim.tickCalls[1] != 0 || standby.storage.puts.Load() != 0 {
+		t.Errorf("the standby forwarded %d reads, its periodic function made %d provider calls, it tried %d storage writes; want none",
+			sim.forwarded, sim.tickCalls[1], standby.storage.puts.Load())
+	}
+	if p.calls(grantPassword) != 1 || p.calls(grantRefresh) != ideal || sim.readCalls != 0 {
+		t.Errorf("logins %d, refreshes %d (ideal %d), calls inside reads %d; want 1, ideal, 0",
+			p.calls(grantPassword), p.calls(grantRefresh), ideal, sim.readCalls)
+	}
+}

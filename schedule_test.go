@@ -1,0 +1,752 @@
+package bearer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/url"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/vault/sdk/logical"
+)
+
+// withMindbaz starts a Mindbaz-like provider whose access tokens live accessTTL (0:
+// 1199 s) and writes connection "conn" (verify=false unless conn says) and role "app".
+func withMindbaz(tb testing.TB, env *testEnv, accessTTL time.Duration, conn, role map[string]any) *fakeProvider {
+	tb.Helper()
+	p := newFakeProvider(tb, "mindbaz", env.clock)
+	if accessTTL > 0 {
+		p.accessTTL = accessTTL
+	}
+	data := map[string]any{"verify": false}
+	for k, v := range conn {
+		data[k] = v
+	}
+	env.setup(tb, p, data, role)
+	return p
+}
+
+// rollback runs Vault's periodic function once, through HandleRequest as Vault's
+// rollback manager does.
+func (e *testEnv) rollback() error {
+	_, err := e.b.HandleRequest(context.Background(), &logical.Request{Operation: logical.RollbackOperation, Storage: e.storage})
+	return err
+}
+
+func (e *testEnv) runPeriodic(tb testing.TB) {
+	tb.Helper()
+	if err := e.rollback(); err != nil {
+		tb.Fatalf("periodic function: %v", err)
+	}
+}
+
+// periodicAsync runs the periodic function in a goroutine; the channel is closed when
+// it returns.
+func (e *testEnv) periodicAsync(tb testing.TB) <-chan struct{} {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := e.rollback(); err != nil {
+			tb.Errorf("periodic function: %v", err)
+		}
+	}()
+	return done
+}
+
+// readToken reads creds/app and returns the access token, or nil after reporting the
+// failure. Safe in a goroutine.
+func (e *testEnv) readToken(tb testing.TB) any {
+	resp, err := e.b.HandleRequest(context.Background(), &logical.Request{
+		Operation: logical.ReadOperation, Path: "creds/app", Storage: e.storage, MountPoint: "bearer/",
+	})
+	if err != nil || resp.IsError() {
+		tb.Errorf("read creds/app: %v %v", err, resp)
+		return nil
+	}
+	return resp.Data["access_token"]
+}
+
+// readAsync runs readToken in a goroutine.
+func (e *testEnv) readAsync(tb testing.TB) <-chan any {
+	out := make(chan any, 1)
+	go func() { out <- e.readToken(tb) }()
+	return out
+}
+
+// schedSim drives a role ("app") over fake time: a creds read every readEvery (0: only
+// the first read), Vault's periodic function every tickEvery on every node, and counts
+// the provider calls made inside reads and inside periodic runs. Reads rotate over the
+// nodes; nodes[0] is the active node: a read a standby answers with ErrReadOnly is run
+// there again, as Vault forwards it.
+type schedSim struct {
+	p         *fakeProvider
+	nodes     []*testEnv
+	readEvery time.Duration
+	tickEvery time.Duration
+
+	elapsed   time.Duration
+	reads     int
+	forwarded int
+	// readCalls counts provider calls made inside reads after the first read.
+	readCalls int
+	// tickCalls counts provider calls made inside periodic runs, per node.
+	tickCalls []int
+}
+
+func newSchedSim(p *fakeProvider, readEvery, tickEvery time.Duration, nodes ...*testEnv) *schedSim {
+	return &schedSim{p: p, nodes: nodes, readEvery: readEvery, tickEvery: tickEvery, tickCalls: make([]int, len(nodes))}
+}
+
+// run advances fake time by d, reading and ticking on the way.
+func (s *schedSim) run(tb testing.TB, d time.Duration) {
+	tb.Helper()
+	step := s.tickEvery
+	if s.readEvery > 0 {
+		step = s.readEvery
+	}
+	for end := s.elapsed + d; s.elapsed < end; s.elapsed += step {
+		if s.reads == 0 || (s.readEvery > 0 && s.elapsed%s.readEvery == 0) {
+			before := s.p.calls("")
+			s.read(tb)
+			if s.reads > 0 {
+				s.readCalls += s.p.calls("") - before
+			}
+			s.reads++
+		}
+		if s.elapsed%s.tickEvery == 0 {
+			for i, node := range s.nodes {
+				before := s.p.calls("")
+				node.runPeriodic(tb)
+				s.tickCalls[i] += s.p.calls("") - before
+			}
+		}
+		s.nodes[0].clock.Add(step)
+	}
+}
+
+func (s *schedSim) read(tb testing.TB) {
+	tb.Helper()
+	node := s.nodes[s.reads%len(s.nodes)]
+	resp, err := node.request(tb, logical.ReadOperation, "creds/app", nil)
+	if errors.Is(err, logical.ErrReadOnly) {
+		s.forwarded++
+		s.nodes[0].readCreds(tb, "app")
+		return
+	}
+	if err != nil || resp.IsError() {
+		tb.Fatalf("read at %s: err=%v resp=%#v", s.elapsed, err, resp)
+	}
+}
+
+func (s *schedSim) backgroundCalls() int {
+	n := 0
+	for _, c := range s.tickCalls {
+		n += c
+	}
+	return n
+}
+
+// idealRenewals is how many renewals the schedule policy makes in d for a token of the
+// given lifetime that is read all the time: the first token is obtained at 0, at a
+// periodic run, and each token is renewed by the first periodic run at or after its
+// renewalPoint.
+func idealRenewals(role *roleEntry, lifetime, tickEvery, d time.Duration) int {
+	start := time.Unix(0, 0)
+	for n, obtained := 0, start; ; n++ {
+		st := &tokenEntry{AccessToken: "x", ObtainedAt: obtained, ExpiresAt: obtained.Add(lifetime)}
+		at := renewalPoint(role, st).Sub(start)
+		next := (at + tickEvery - 1) / tickEvery * tickEvery
+		if next >= d {
+			return n
+		}
+		obtained = start.Add(next)
+	}
+}
+
+func TestSchedule_Policy(t *testing.T) {
+	t0 := time.Date(2026, 3, 2, 9, 0, 0, 0, time.UTC)
+	session := func(lifetime time.Duration, refreshTTL time.Duration) *tokenEntry {
+		st := &tokenEntry{AccessToken: "at", ObtainedAt: t0, ExpiresAt: t0.Add(lifetime)}
+		if refreshTTL >= 0 {
+			st.RefreshToken = "rt"
+		}
+		if refreshTTL > 0 {
+			st.RefreshExpiresAt = t0.Add(refreshTTL)
+		}
+		return st
+	}
+	role := &roleEntry{MinTTL: time.Minute, BackgroundRefresh: true}
+	cases := map[string]struct {
+		role       *roleEntry
+		st         *tokenEntry
+		renewal    time.Duration // after t0
+		keepAlive  time.Duration // after t0; 0: none
+		due        time.Duration // after t0; 0: never
+		wantNoDue  bool
+		wantNoKeep bool
+	}{
+		"20-minute token: min_ttl plus the lead": {
+			role: role, st: session(20*time.Minute, -1),
+			renewal: 20*time.Minute - 150*time.Second, due: 20*time.Minute - 150*time.Second, wantNoKeep: true,
+		},
+		"short token: half its lifetime": {
+			role: role, st: session(4*time.Minute, 0),
+			renewal: 2 * time.Minute, due: 2 * time.Minute, wantNoKeep: true,
+		},
+		"min_ttl capped at half the lifetime": {
+			role: &roleEntry{MinTTL: time.Hour, BackgroundRefresh: true}, st: session(20*time.Minute, 0),
+			renewal: 10 * time.Minute, due: 10 * time.Minute, wantNoKeep: true,
+		},
+		"mindbaz: keep-alive a day before the 7-day refresh token dies": {
+			role: role, st: session(20*time.Minute, 168*time.Hour),
+			renewal: 20*time.Minute - 150*time.Second, keepAlive: 144 * time.Hour, due: 20*time.Minute - 150*time.Second,
+		},
+		"short refresh token: keep-alive a quarter before its expiry, before the renewal point": {
+			role: role, st: session(20*time.Minute, 8*time.Minute),
+			renewal: 20*time.Minute - 150*time.Second, keepAlive: 6 * time.Minute, due: 6 * time.Minute,
+		},
+		"background refresh off: never due": {
+			role: &roleEntry{MinTTL: time.Minute}, st: session(20*time.Minute, 168*time.Hour),
+			renewal: 20*time.Minute - 150*time.Second, keepAlive: 144 * time.Hour, wantNoDue: true,
+		},
+		"failure record only: never due": {
+			role: role, st: &tokenEntry{LastError: "x"}, wantNoDue: true, wantNoKeep: true,
+		},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			if tc.st.AccessToken != "" {
+				if got := renewalPoint(tc.role, tc.st).Sub(t0); got != tc.renewal {
+					t.Errorf("renewalPoint = t0+%s, want t0+%s", got, tc.renewal)
+				}
+			}
+			keep := keepAlivePoint(tc.st)
+			switch {
+			case tc.wantNoKeep && !keep.IsZero():
+				t.Errorf("keepAlivePoint = %s, want none", keep)
+			case !tc.wantNoKeep && keep.Sub(t0) != tc.keepAlive:
+				t.Errorf("keepAlivePoint = t0+%s, want t0+%s", keep.Sub(t0), tc.keepAlive)
+			}
+			due := dueTime(tc.role, tc.st, t0)
+			switch {
+			case tc.wantNoDue && !due.IsZero():
+				t.Errorf("dueTime = %s, want never", due)
+			case !tc.wantNoDue && due.Sub(t0) != tc.due:
+				t.Errorf("dueTime = t0+%s, want t0+%s", due.Sub(t0), tc.due)
+			}
+		})
+	}
+	if dueTime(role, nil, t0) != (time.Time{}) {
+		t.Error("a role without a session is due")
+	}
+}
+
+func TestSchedule_Queue(t *testing.T) {
+	t0 := time.Date(2026, 3, 2, 9, 0, 0, 0, time.UTC)
+	at := func(m int) time.Time { return t0.Add(time.Duration(m) * time.Minute) }
+
+	s := newSchedule()
+	s.set("c", at(3))
+	s.set("a", at(1))
+	s.set("b", at(2))
+	s.set("b", at(5)) // moved: its old item is stale
+	s.set("d", at(4))
+	s.set("d", time.Time{}) // removed
+	if got := s.popDue(at(0)); len(got) != 0 {
+		t.Errorf("popDue before anything is due = %v", got)
+	}
+	if got := strings.Join(s.popDue(at(3)), ","); got != "a,c" {
+		t.Errorf("popDue(3) = %q, want a,c in order", got)
+	}
+	if got := strings.Join(s.popDue(at(10)), ","); got != "b" {
+		t.Errorf("popDue(10) = %q, want b once", got)
+	}
+	if s.len() != 0 {
+		t.Errorf("len after popping everything = %d", s.len())
+	}
+
+	// Moving one role many times keeps the heap bounded.
+	for i := range 10000 {
+		s.set("x", at(i+1))
+	}
+	s.mu.Lock()
+	queued := len(s.queue)
+	s.mu.Unlock()
+	if queued > 2*1+64 {
+		t.Errorf("heap holds %d items for one role", queued)
+	}
+
+	// touch makes a role due now only once the schedule is built; build keeps what was
+	// set meanwhile and reset forgets everything.
+	s.reset()
+	s.touch("early", at(0))
+	s.set("kept", at(7))
+	if err := s.build(func() (map[string]time.Time, error) {
+		return map[string]time.Time{"kept": at(1), "scanned": at(2)}, nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(s.popDue(at(2)), ","); got != "scanned" {
+		t.Errorf("after build popDue(2) = %q, want scanned (kept keeps its own time, touch before build is ignored)", got)
+	}
+	s.touch("changed", at(2))
+	if got := strings.Join(s.popDue(at(2)), ","); got != "changed" {
+		t.Errorf("touch after build: popDue = %q", got)
+	}
+	scans := 0
+	scan := func() (map[string]time.Time, error) { scans++; return nil, nil }
+	_ = s.build(scan)
+	if scans != 0 {
+		t.Error("a built schedule scanned storage again")
+	}
+	if err := s.build(func() (map[string]time.Time, error) { return nil, errors.New("boom") }); err != nil {
+		t.Errorf("a built schedule ran a failing scan: %v", err)
+	}
+	s.reset()
+	if s.len() != 0 || s.build(scan) != nil || scans != 1 {
+		t.Errorf("after reset: len %d, scans %d; want a fresh scan", s.len(), scans)
+	}
+}
+
+// TestPeriodic_SimulatedDay reads a 20-minute token every second for a day with the
+// periodic function every minute: one password login, then exactly the renewals the
+// schedule policy asks for, all from the background; no read waits on the provider.
+func TestPeriodic_SimulatedDay(t *testing.T) {
+	res := simulateDay(t)
+	if res.logins != 1 || res.refreshes != res.ideal || res.readCalls != 0 {
+		t.Errorf("password logins %d (want 1), refreshes %d (ideal %d), provider calls inside reads after the first %d (want 0)",
+			res.logins, res.refreshes, res.ideal, res.readCalls)
+	}
+	if res.ideal != 79 { // 1050 s renewal point, runs every 60 s: every 1080 s, 80 tokens a day
+		t.Errorf("ideal renewals = %d, want 79", res.ideal)
+	}
+}
+
+type dayResult struct {
+	logins, refreshes, ideal, readCalls int
+}
+
+// simulateDay runs the day of TestPeriodic_SimulatedDay and BenchmarkSimulatedDay.
+func simulateDay(tb testing.TB) dayResult {
+	tb.Helper()
+	env := getTestBackend(tb)
+	p := withMindbaz(tb, env, 20*time.Minute, nil, nil)
+	sim := newSchedSim(p, time.Second, time.Minute, env)
+	sim.run(tb, 24*time.Hour)
+	role := &roleEntry{MinTTL: defaultMinTTL, BackgroundRefresh: true}
+	return dayResult{
+		logins:    p.calls(grantPassword),
+		refreshes: p.calls(grantRefresh),
+		ideal:     idealRenewals(role, p.accessTTL, time.Minute, 24*time.Hour),
+		readCalls: sim.readCalls,
+	}
+}
+
+// expiringSessions makes p answer every grant itself like a provider whose refresh
+// tokens are single use and die rtTTL after they are issued; with tell it says so in
+// refresh_expires_in. It returns how many refresh grants it rejected.
+func expiringSessions(p *fakeProvider, rtTTL time.Duration, tell bool) func() int {
+	var mu sync.Mutex
+	issued := map[string]time.Time{}
+	n, rejected := 0, 0
+	p.setHook(func(w http.ResponseWriter, _ *http.Request, form url.Values) bool {
+		mu.Lock()
+		defer mu.Unlock()
+		now := p.clock.Now()
+		if form.Get("grant_type") == grantRefresh {
+			at, ok := issued[form.Get("refresh_token")]
+			delete(issued, form.Get("refresh_token"))
+			if !ok || !now.Before(at.Add(rtTTL)) {
+				rejected++
+				oauthError(w, http.StatusBadRequest, "invalid_grant", "Token is not active")
+				return true
+			}
+		}
+		n++
+		rt := fmt.Sprintf("rt-expiring-%d", n)
+		issued[rt] = now
+		body := map[string]any{"access_token": fmt.Sprintf("at-expiring-%d", n), "expires_in": int(p.accessTTL.Seconds()), "refresh_token": rt}
+		if tell {
+			body["refresh_expires_in"] = int(rtTTL.Seconds())
+		}
+		writeJSON(w, http.StatusOK, body)
+		return true
+	})
+	return func() int {
+		mu.Lock()
+		defer mu.Unlock()
+		return rejected
+	}
+}
+
+// TestPeriodic_IdleSessionKeptAlive reads once, then leaves the role idle for three
+// weeks with the periodic function every minute. When the refresh token's lifetime is
+// known the background keeps the session alive with refresh grants alone; when it is
+// not known, or background refresh is off, the session dies and the next read logs in.
+func TestPeriodic_IdleSessionKeptAlive(t *testing.T) {
+	const idle = 21 * 24 * time.Hour
+	generic := map[string]any{"provider": "generic"}
+	cases := map[string]struct {
+		conn, role     map[string]any
+		rtTTL          time.Duration
+		tell           bool
+		background     int // provider calls by the periodic function
+		finalGrants    int // provider calls of the read after three weeks
+		logins         int
+		rejectedTokens int
+	}{
+		"mindbaz preset: refresh_token_ttl 168h": {
+			rtTTL: 168 * time.Hour,
+			// The renewal of the read token at 18 min, then one keep-alive every 144 h.
+			background: 1 + 3, finalGrants: 1, logins: 1,
+		},
+		"refresh_expires_in from the provider": {
+			conn: generic, rtTTL: 72 * time.Hour, tell: true,
+			// Keep-alive a quarter (18 h) before expiry: every 54 h.
+			background: 1 + 9, finalGrants: 1, logins: 1,
+		},
+		"refresh token lifetime unknown": {
+			conn: generic, rtTTL: 168 * time.Hour,
+			// The dead refresh token is presented once, then the password.
+			background: 1, finalGrants: 2, logins: 2, rejectedTokens: 1,
+		},
+		"background refresh off": {
+			role: map[string]any{"background_refresh": false}, rtTTL: 168 * time.Hour,
+			// The refresh token is known to be expired: straight to the password.
+			background: 0, finalGrants: 1, logins: 2,
+		},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			env := getTestBackend(t)
+			p := withMindbaz(t, env, 20*time.Minute, tc.conn, tc.role)
+			rejected := expiringSessions(p, tc.rtTTL, tc.tell)
+			sim := newSchedSim(p, 0, time.Minute, env)
+			sim.run(t, idle)
+			before := p.calls("")
+			env.readCreds(t, "app")
+			final := p.calls("") - before
+			if sim.backgroundCalls() != tc.background || final != tc.finalGrants || p.calls(grantPassword) != tc.logins || rejected() != tc.rejectedTokens {
+				t.Errorf("background calls %d, final read calls %d, password logins %d, rejected refresh tokens %d; want %d, %d, %d, %d",
+					sim.backgroundCalls(), final, p.calls(grantPassword), rejected(), tc.background, tc.finalGrants, tc.logins, tc.rejectedTokens)
+			}
+		})
+	}
+}
+
+// TestPeriodic_BackgroundRefreshOff: such a role is renewed only by reads.
+func TestPeriodic_BackgroundRefreshOff(t *testing.T) {
+	env := getTestBackend(t)
+	p := withMindbaz(t, env, 0, nil, map[string]any{"background_refresh": false})
+	sim := newSchedSim(p, time.Second, time.Minute, env)
+	sim.run(t, 2*time.Hour)
+	if sim.backgroundCalls() != 0 {
+		t.Errorf("the periodic function made %d provider calls for a role with background_refresh=false", sim.backgroundCalls())
+	}
+	if sim.readCalls == 0 || sim.readCalls != p.calls(grantRefresh) {
+		t.Errorf("reads made %d provider calls, refreshes %d: want every renewal from a read", sim.readCalls, p.calls(grantRefresh))
+	}
+	if n := env.b.sched.len(); n != 0 {
+		t.Errorf("schedule holds %d roles", n)
+	}
+}
+
+// seedRoles writes n roles with fresh sessions straight to storage, none of them due
+// for another 17 minutes.
+func seedRoles(tb testing.TB, env *testEnv, n int) {
+	tb.Helper()
+	ctx := context.Background()
+	conn, err := env.b.connection(ctx, env.storage, "conn")
+	if err != nil || conn == nil {
+		tb.Fatalf("connection: %v", err)
+	}
+	now := env.clock.Now()
+	for i := range n {
+		name := fmt.Sprintf("role-%05d", i)
+		role := &roleEntry{Config: "conn", MinTTL: defaultMinTTL, BackgroundRefresh: true}
+		st := &tokenEntry{
+			Config: "conn", AccountVersion: conn.AccountVersion, AccessToken: "at-" + name, TokenType: "Bearer",
+			ObtainedAt: now, ExpiresAt: now.Add(20 * time.Minute), LastGrant: grantPassword,
+			RefreshToken: "rt-" + name, RefreshExpiresAt: now.Add(168 * time.Hour),
+		}
+		if err := putJSON(ctx, env.storage.Storage, rolePrefix+name, role); err != nil {
+			tb.Fatal(err)
+		}
+		if err := putJSON(ctx, env.storage.Storage, tokenPrefix+name, st); err != nil {
+			tb.Fatal(err)
+		}
+	}
+}
+
+// newSeededEnv is a backend with n seeded roles and its schedule built.
+func newSeededEnv(tb testing.TB, n int) (*testEnv, *fakeProvider) {
+	tb.Helper()
+	env := getTestBackend(tb)
+	p := newFakeProvider(tb, "mindbaz", env.clock)
+	env.mustOK(tb, logical.UpdateOperation, "config/conn", map[string]any{
+		"provider": "mindbaz", "token_url": p.tokenURL(), "ca_cert": p.caPEM(),
+		"username": testUsername, "password": testPassword, "verify": false,
+	})
+	seedRoles(tb, env, n)
+	env.runPeriodic(tb)
+	if got := env.b.sched.len(); got != n {
+		tb.Fatalf("schedule built with %d roles, want %d", got, n)
+	}
+	return env, p
+}
+
+// TestPeriodic_NothingDueTouchesNothing: once the schedule is built, a run with nothing
+// due makes no storage operation and no provider call; when idle sessions come due
+// each is read once and put back to its keep-alive point.
+func TestPeriodic_NothingDueTouchesNothing(t *testing.T) {
+	const roles = 500
+	env, p := newSeededEnv(t, roles)
+	ops := env.storage.ops()
+	for range 15 {
+		env.clock.Add(time.Minute)
+		env.runPeriodic(t)
+	}
+	if got := env.storage.ops() - ops; got != 0 || p.calls("") != 0 {
+		t.Errorf("15 runs with nothing due made %d storage operations and %d provider calls", got, p.calls(""))
+	}
+	env.clock.Add(3 * time.Minute) // past every renewal point; nobody read the tokens
+	env.runPeriodic(t)
+	if got := env.storage.ops() - ops; got == 0 || got > 2*roles || p.calls("") != 0 {
+		t.Errorf("the run at the renewal points made %d storage operations (want 1..%d) and %d provider calls (want 0)", got, 2*roles, p.calls(""))
+	}
+	ops = env.storage.ops()
+	env.clock.Add(time.Minute)
+	env.runPeriodic(t)
+	if got := env.storage.ops() - ops; got != 0 || env.b.sched.len() != roles {
+		t.Errorf("the next run made %d storage operations, schedule holds %d roles", got, env.b.sched.len())
+	}
+}
+
+// waitForLockWaiter returns once a goroutine running fn waits for a lock.
+func waitForLockWaiter(tb testing.TB, fn string) {
+	tb.Helper()
+	buf := make([]byte, 1<<20)
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		n := runtime.Stack(buf, true)
+		for _, g := range strings.Split(string(buf[:n]), "\n\n") {
+			if strings.Contains(g, "sync.(*RWMutex).Lock") && strings.Contains(g, fn) {
+				return
+			}
+		}
+		runtime.Gosched()
+	}
+	tb.Fatalf("no goroutine in %s waits for a lock", fn)
+}
+
+// TestPeriodic_SharesTheRoleLock: a read and a background renewal of the same expiry
+// wait for each other: one provider call, one token.
+func TestPeriodic_SharesTheRoleLock(t *testing.T) {
+	cases := map[string]struct {
+		readFirst bool
+		waiter    string // the function the second one waits in
+	}{
+		"a read waits for a background renewal": {waiter: "(*backend).getToken"},
+		"a background renewal waits for a read": {readFirst: true, waiter: "(*backend).background"},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			env := getTestBackend(t)
+			p := withMindbaz(t, env, 0, nil, nil)
+			old := env.readCreds(t, "app").Data["access_token"]
+			env.runPeriodic(t)
+			// Past the renewal point and under min_ttl left: both want a new token.
+			env.clock.Add(p.accessTTL - 30*time.Second)
+
+			received := make(chan struct{}, 1)
+			release := make(chan struct{})
+			p.mu.Lock()
+			p.refreshDelay = release
+			p.mu.Unlock()
+			p.setHook(func(_ http.ResponseWriter, _ *http.Request, form url.Values) bool {
+				if form.Get("grant_type") == grantRefresh {
+					select {
+					case received <- struct{}{}:
+					default:
+					}
+				}
+				return false
+			})
+
+			var read <-chan any
+			var periodic <-chan struct{}
+			if tc.readFirst {
+				read = env.readAsync(t)
+			} else {
+				periodic = env.periodicAsync(t)
+			}
+			<-received // the first one's refresh request is at the provider
+			if tc.readFirst {
+				periodic = env.periodicAsync(t)
+			} else {
+				read = env.readAsync(t)
+			}
+			waitForLockWaiter(t, tc.waiter)
+			close(release)
+			<-periodic
+			got := <-read
+			if p.calls(grantRefresh) != 1 || p.calls("") != 2 {
+				t.Errorf("provider calls: %d refreshes, %d in all; want 1 refresh after the login", p.calls(grantRefresh), p.calls(""))
+			}
+			if got == nil || got == old {
+				t.Error("the read did not get the renewed token")
+			}
+			if again := env.readCreds(t, "app").Data["access_token"]; again != got {
+				t.Error("the read got another token than the one kept")
+			}
+		})
+	}
+}
+
+// burstReads starts n reads of creds/app together and returns the tokens they got.
+func burstReads(tb testing.TB, env *testEnv, n int) []any {
+	tb.Helper()
+	tokens := make([]any, n)
+	start := make(chan struct{})
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			tokens[i] = env.readToken(tb)
+		}()
+	}
+	close(start)
+	wg.Wait()
+	return tokens
+}
+
+// TestBurst: 1,000 concurrent reads at the moment a token expires, with a periodic run
+// among them, make exactly one provider call and all get the same new token.
+func TestBurst(t *testing.T) {
+	env := getTestBackend(t)
+	p := withMindbaz(t, env, 0, nil, nil)
+	old := env.readCreds(t, "app").Data["access_token"]
+	env.runPeriodic(t)
+	env.clock.Add(p.accessTTL) // exactly the expiry
+	before := p.calls("")
+	periodic := env.periodicAsync(t)
+	tokens := burstReads(t, env, 1000)
+	<-periodic
+	if got := p.calls("") - before; got != 1 {
+		t.Errorf("1000 reads and a periodic run at expiry made %d provider calls, want 1", got)
+	}
+	for _, tok := range tokens {
+		if tok != tokens[0] || tok == old {
+			t.Fatal("the readers did not all get the one new token")
+		}
+	}
+}
+
+// TestPeriodic_ScheduleFollowsWrites: the schedule is kept current by writes: a role
+// change keeps an idle session scheduled for its keep-alive; turning background
+// refresh off and deletes take the role out.
+func TestPeriodic_ScheduleFollowsWrites(t *testing.T) {
+	cases := map[string]struct {
+		change func(t *testing.T, env *testEnv)
+		want   bool // still scheduled after the next run
+	}{
+		"role update keeps an idle session alive": {
+			change: func(t *testing.T, env *testEnv) {
+				env.mustOK(t, logical.UpdateOperation, "roles/app", map[string]any{"min_ttl": "120s"})
+			},
+			want: true,
+		},
+		"background_refresh turned off": {
+			change: func(t *testing.T, env *testEnv) {
+				env.mustOK(t, logical.UpdateOperation, "roles/app", map[string]any{"background_refresh": false})
+			},
+		},
+		"creds deleted": {
+			change: func(t *testing.T, env *testEnv) { env.mustOK(t, logical.DeleteOperation, "creds/app", nil) },
+		},
+		"role deleted": {
+			change: func(t *testing.T, env *testEnv) { env.mustOK(t, logical.DeleteOperation, "roles/app", nil) },
+		},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			env := getTestBackend(t)
+			p := withMindbaz(t, env, 0, nil, nil)
+			env.readCreds(t, "app")
+			sim := newSchedSim(p, 0, time.Minute, env)
+			sim.run(t, time.Hour) // renewed once while read, then idle: waits for its keep-alive point
+			tc.change(t, env)
+			sim.run(t, time.Minute)
+			env.b.sched.mu.Lock()
+			_, scheduled := env.b.sched.due["app"]
+			env.b.sched.mu.Unlock()
+			if scheduled != tc.want {
+				t.Fatalf("scheduled = %v, want %v", scheduled, tc.want)
+			}
+			if !tc.want {
+				return
+			}
+			logins := p.calls(grantPassword)
+			sim.run(t, 8*24*time.Hour) // beyond the 7-day refresh token
+			if p.calls(grantPassword) != logins || sim.backgroundCalls() < 2 {
+				t.Errorf("after the change: %d new logins, %d background calls; the idle session was not kept alive",
+					p.calls(grantPassword)-logins, sim.backgroundCalls())
+			}
+		})
+	}
+}
+
+// TestPeriodic_ReadsResumeAfterIdle: a token renewed in the background and then left
+// unread past its renewal point waits for its keep-alive point; when reads resume it
+// is renewed by the next periodic run, before any read has to wait for the provider.
+func TestPeriodic_ReadsResumeAfterIdle(t *testing.T) {
+	env := getTestBackend(t)
+	p := withMindbaz(t, env, 20*time.Minute, nil, nil)
+	idle := newSchedSim(p, 0, time.Minute, env)
+	// Renewed at 18 min, then not read: at 36 min, past its renewal point (35.5 min),
+	// it is left for its keep-alive point.
+	idle.run(t, 37*time.Minute)
+	if idle.backgroundCalls() != 1 {
+		t.Fatalf("background calls while idle = %d, want 1", idle.backgroundCalls())
+	}
+	// Reads resume at 37 min, when the token has exactly min_ttl left.
+	busy := newSchedSim(p, time.Second, time.Minute, env)
+	busy.reads = 1 // not a first read: count every provider call it makes
+	busy.elapsed = idle.elapsed
+	busy.run(t, time.Hour)
+	if busy.readCalls != 0 {
+		t.Errorf("reads after an idle spell made %d provider calls, want 0", busy.readCalls)
+	}
+}
+
+// TestPeriodic_RetriesAfterFailure: a background renewal that fails (HTTP 503 with
+// Retry-After) is retried by the next periodic run, before reads have to wait.
+func TestPeriodic_RetriesAfterFailure(t *testing.T) {
+	env := getTestBackend(t)
+	p := withMindbaz(t, env, 20*time.Minute, nil, nil)
+	failures := 1
+	var mu sync.Mutex
+	p.setHook(func(w http.ResponseWriter, _ *http.Request, form url.Values) bool {
+		mu.Lock()
+		defer mu.Unlock()
+		if form.Get("grant_type") == grantRefresh && failures > 0 {
+			failures--
+			w.Header().Set("Retry-After", "30")
+			oauthError(w, http.StatusServiceUnavailable, "temporarily_unavailable", "maintenance")
+			return true
+		}
+		return false
+	})
+	sim := newSchedSim(p, time.Second, time.Minute, env)
+	sim.run(t, 2*time.Hour)
+	if sim.readCalls != 0 || p.calls(grantPassword) != 1 || failures != 0 {
+		t.Errorf("reads made %d provider calls, %d password logins, %d failures left; want 0, 1 and 0", sim.readCalls, p.calls(grantPassword), failures)
+	}
+}
