@@ -32,7 +32,6 @@ type vaultOptions struct {
 
 // endpoint is one read compared through Vault's HTTP API.
 type endpoint struct {
-	label string
 	path  string
 
 	samples   []time.Duration // latency phase, one client
@@ -133,9 +132,9 @@ func runVault(ctx context.Context, opts vaultOptions) (res *vaultResult, err err
 	}
 	res = &vaultResult{
 		vaultVersion: strings.TrimSpace(string(ver)),
-		bearer:       &endpoint{label: "bearer", path: "/v1/" + harness.MountPath + "/creds/" + role},
-		floor:        &endpoint{label: "floor", path: "/v1/floor/creds/" + role},
-		kv:           &endpoint{label: "kv", path: "/v1/secret/data/" + role},
+		bearer:       &endpoint{path: "/v1/" + harness.MountPath + "/creds/" + role},
+		floor:        &endpoint{path: "/v1/floor/creds/" + role},
+		kv:           &endpoint{path: "/v1/secret/data/" + role},
 		opts:         opts,
 	}
 	eps := []*endpoint{res.bearer, res.floor, res.kv}
