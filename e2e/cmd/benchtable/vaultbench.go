@@ -32,7 +32,7 @@ type vaultOptions struct {
 
 // endpoint is one read compared through Vault's HTTP API.
 type endpoint struct {
-	path  string
+	path string
 
 	samples   []time.Duration // latency phase, one client
 	blockP50  []time.Duration // p50 of each block
