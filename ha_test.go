@@ -388,6 +388,28 @@ func TestHA_InvalidateKeepsCachesCoherent(t *testing.T) {
 	}
 }
 
+// TestHA_InvalidationReschedules: a node whose schedule is built picks up, at its next
+// run, a session another node wrote, and keeps it alive from then on.
+func TestHA_InvalidationReschedules(t *testing.T) {
+	active, rec := newRecordedEnv(t)
+	p := withMindbaz(t, active, 0, nil, nil)
+	other := newNode(t, active, rec.Storage)
+	other.runPeriodic(t) // built, with nothing to do: the role has no session yet
+	rec.drain()
+	active.readCreds(t, "app") // the login; this node then goes away
+	for _, key := range rec.drain() {
+		other.b.InvalidateKey(context.Background(), key)
+	}
+	sim := newSchedSim(p, 0, time.Minute, other)
+	sim.reads = 1 // no reads: the session stays idle
+	sim.run(t, 8*24*time.Hour)
+	other.readCreds(t, "app")
+	if sim.tickCalls[0] == 0 || p.calls(grantPassword) != 1 {
+		t.Errorf("the node's background made %d provider calls and the session %d logins; want its keep-alive and 1 login",
+			sim.tickCalls[0], p.calls(grantPassword))
+	}
+}
+
 // gatedStorage holds the first Get of key, after reading it, until release is closed.
 type gatedStorage struct {
 	logical.Storage

@@ -71,7 +71,8 @@ func (b *backend) periodic(ctx context.Context, req *logical.Request) error {
 	return nil
 }
 
-// scanDue reads every role once to build the schedule.
+// scanDue reads every role once to build the schedule. Only a failure to list the
+// roles fails the build.
 func (b *backend) scanDue(ctx context.Context, s logical.Storage) (map[string]time.Time, error) {
 	names, err := s.List(ctx, rolePrefix)
 	if err != nil {
@@ -85,7 +86,11 @@ func (b *backend) scanDue(ctx context.Context, s logical.Storage) (map[string]ti
 		rc, err := b.loadState(ctx, s, name)
 		lock.Unlock()
 		if err != nil {
-			return nil, err
+			// One unreadable role must not stop the background for the others, nor make
+			// every run scan again: it is tried alone at the next run.
+			b.Logger().Warn("background renewal could not load the role", "role", name, "error", err)
+			due[name] = now.Add(time.Minute)
+			continue
 		}
 		if rc != nil {
 			if at := dueTime(rc.role, rc.token, now); !at.IsZero() {

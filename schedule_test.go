@@ -750,3 +750,35 @@ func TestPeriodic_RetriesAfterFailure(t *testing.T) {
 		t.Errorf("reads made %d provider calls, %d password logins, %d failures left; want 0, 1 and 0", sim.readCalls, p.calls(grantPassword), failures)
 	}
 }
+
+// TestPeriodic_UnreadableRole: one role whose stored state cannot be read does not stop
+// the background for the others, nor make every run scan storage again.
+func TestPeriodic_UnreadableRole(t *testing.T) {
+	env := getTestBackend(t)
+	p := withMindbaz(t, env, 20*time.Minute, nil, nil)
+	seedRoles(t, env, 50)
+	ctx := context.Background()
+	if err := putJSON(ctx, env.storage.Storage, rolePrefix+"broken", &roleEntry{Config: "conn", BackgroundRefresh: true}); err != nil {
+		t.Fatal(err)
+	}
+	if err := env.storage.Storage.Put(ctx, &logical.StorageEntry{Key: tokenPrefix + "broken", Value: []byte("{not json")}); err != nil {
+		t.Fatal(err)
+	}
+	sim := newSchedSim(p, time.Second, time.Minute, env)
+	sim.run(t, 2*time.Minute) // the first run builds the schedule
+	lists, gets := env.storage.lists.Load(), env.storage.gets.Load()
+	sim.run(t, 10*time.Minute)
+	if got := env.storage.lists.Load() - lists; got != 0 {
+		t.Errorf("10 runs listed the roles %d times: the schedule was not built", got)
+	}
+	if got := env.storage.gets.Load() - gets; got > 10*2 {
+		t.Errorf("10 runs read storage %d times: more than the broken role each minute", got)
+	}
+	sim.run(t, time.Hour)
+	if sim.backgroundCalls() == 0 || sim.readCalls != 0 {
+		t.Errorf("background calls %d, calls inside reads %d: the readable role was not renewed in the background", sim.backgroundCalls(), sim.readCalls)
+	}
+	if !strings.Contains(env.logs.String(), `role=broken`) {
+		t.Error("the unreadable role was not logged")
+	}
+}
