@@ -382,7 +382,7 @@ const netReset = "connection reset before an answer came"
 // rejectedError is the error of a read whose password grant the provider just rejected.
 func rejectedError(cause string) string {
 	return `connection "conn" rejected the credentials of user "alice@example.com": ` + cause +
-		`; to protect the account from lockout no login is tried before {now+15m}: update the password with vault write bearer/config/conn password=...`
+		`; to protect the account from lockout no login is tried before {now+15m}: update the credentials with vault write bearer/config/conn password=<new password> (or client_secret=<new secret>)`
 }
 
 // reply is a hook that answers the requests of one grant ("" for all) with a fixed
@@ -711,7 +711,7 @@ func TestFaults_RejectedCredentialsBackoff(t *testing.T) {
 					t.Errorf("read %d wrote to storage without trying the provider", i)
 				}
 				if !strings.HasPrefix(msg, `connection "conn" rejected the credentials of user "alice@example.com"`) ||
-					!strings.HasSuffix(msg, "update the password with vault write bearer/config/conn password=...") {
+					!strings.HasSuffix(msg, "update the credentials with vault write bearer/config/conn password=<new password> (or client_secret=<new secret>)") {
 					t.Fatalf("read %d: error %q does not name the connection and what to do", i, msg)
 				}
 				switch i {
@@ -722,7 +722,7 @@ func TestFaults_RejectedCredentialsBackoff(t *testing.T) {
 				case 1, 2, 500: // blocked by the backoff
 					allowed := map[int]time.Duration{1: 15 * time.Minute, 2: 15 * time.Minute, 500: 45 * time.Minute}[i]
 					want := fmt.Sprintf(`connection "conn" rejected the credentials of user "alice@example.com" at %s (%s); `+
-						`to protect the account from lockout no login is tried before %s: update the password with vault write bearer/config/conn password=...`,
+						`to protect the account from lockout no login is tried before %s: update the credentials with vault write bearer/config/conn password=<new password> (or client_secret=<new secret>)`,
 						formatTime(rejectedAt), tc.cause, formatTime(start.Add(allowed)))
 					if msg != want {
 						t.Errorf("read %d:\n got %s\nwant %s", i, msg, want)
@@ -762,7 +762,7 @@ func TestFaults_RejectedCredentialsBackoff(t *testing.T) {
 // rejectedMessage is the error of a read whose password grant was rejected.
 func rejectedMessage(cause string, allowed time.Time) string {
 	return fmt.Sprintf(`connection "conn" rejected the credentials of user "alice@example.com": %s; `+
-		`to protect the account from lockout no login is tried before %s: update the password with vault write bearer/config/conn password=...`,
+		`to protect the account from lockout no login is tried before %s: update the credentials with vault write bearer/config/conn password=<new password> (or client_secret=<new secret>)`,
 		cause, formatTime(allowed))
 }
 

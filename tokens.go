@@ -291,7 +291,7 @@ func (b *backend) renew(ctx context.Context, s logical.Storage, name string, rc 
 	}
 
 	if allowed := st.loginAllowedAt(conn); !allowed.IsZero() && now.Before(allowed) {
-		err := fmt.Errorf("connection %q rejected the credentials of user %q at %s (%s); to protect the account from lockout no login is tried before %s: update the password with vault write <mount>/config/%s password=...",
+		err := fmt.Errorf("connection %q rejected the credentials of user %q at %s (%s); to protect the account from lockout no login is tried before %s: update the credentials with vault write <mount>/config/%s password=<new password> (or client_secret=<new secret>)",
 			role.Config, conn.Username, formatTime(st.CredentialsRejectedAt), st.LastError, formatTime(allowed), role.Config)
 		if st.RefreshToken == "" && rc.token != nil && rc.token.RefreshToken != "" {
 			// The refresh token was just given up: record that before answering.
@@ -367,7 +367,7 @@ func (b *backend) failed(ctx context.Context, s logical.Storage, name string, ro
 
 	var err error
 	if rejected {
-		err = fmt.Errorf("connection %q rejected the credentials of user %q: %s; to protect the account from lockout no login is tried before %s: update the password with vault write <mount>/config/%s password=...",
+		err = fmt.Errorf("connection %q rejected the credentials of user %q: %s; to protect the account from lockout no login is tried before %s: update the credentials with vault write <mount>/config/%s password=<new password> (or client_secret=<new secret>)",
 			role.Config, conn.Username, msg, formatTime(st.loginAllowedAt(conn)), role.Config)
 	} else {
 		err = fmt.Errorf("could not get a token from connection %q (%s): %s", role.Config, conn.TokenURL, msg)

@@ -70,20 +70,21 @@ func render(benches []goBench, vr *vaultResult, root string) string {
 	return b.String()
 }
 
-// goResult formats a benchmark's time, memory and custom metrics.
+// goResult formats a benchmark's custom metrics (what it asserts on, first),
+// then its time and memory.
 func goResult(g goBench) string {
-	var parts []string
+	var custom, std []string
 	for _, m := range g.metrics {
 		switch m.unit {
 		case "ns/op":
-			parts = append(parts, duration(m.value)+"/op")
+			std = append(std, duration(m.value)+"/op")
 		case "B/op", "allocs/op":
-			parts = append(parts, fmt.Sprintf("%s %s", number(m.value), m.unit))
+			std = append(std, number(m.value)+" "+m.unit)
 		default:
-			parts = append(parts, fmt.Sprintf("**%s** %s", number(m.value), m.unit))
+			custom = append(custom, fmt.Sprintf("**%s** %s", number(m.value), m.unit))
 		}
 	}
-	return strings.Join(parts, ", ")
+	return strings.Join(append(custom, std...), ", ")
 }
 
 // httpResult formats an endpoint's latency and throughput.
