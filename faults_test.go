@@ -525,12 +525,6 @@ func (l *pauseLog) len() int {
 	return len(l.pauses)
 }
 
-func (l *pauseLog) all() []time.Duration {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return append([]time.Duration(nil), l.pauses...)
-}
-
 // recordPauses makes the backend record its retry pauses. Call it before the first
 // token request: clients keep the sleep function they were built with.
 func (e *testEnv) recordPauses() *pauseLog {
