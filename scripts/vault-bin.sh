@@ -67,6 +67,7 @@ fi
 
 log "building Vault from tools/vault (pinned in tools/vault/go.mod); this takes several minutes the first time"
 start=$SECONDS
+trap 'rm -f "$bin.tmp.$$"' EXIT
 (cd "$root/tools/vault" && go build -mod=readonly -o "$bin.tmp.$$" .) >&2
 mv -f "$bin.tmp.$$" "$bin"
 echo "$hash" >"$stamp"
