@@ -753,6 +753,17 @@ func TestFaults_RejectedCredentialsBackoff(t *testing.T) {
 	}
 }
 
+// newSession is a backend with a fake Mindbaz provider, the connection "conn" and the
+// role "app", after a first creds read whose data it returns; retry pauses are recorded.
+func newSession(tb testing.TB) (*testEnv, *fakeProvider, *pauseLog, map[string]any) {
+	tb.Helper()
+	env := getTestBackend(tb)
+	pauses := env.recordPauses()
+	p := newFakeProvider(tb, "mindbaz", env.clock)
+	env.setup(tb, p, nil, nil)
+	return env, p, pauses, env.readCreds(tb, "app").Data
+}
+
 // rejectedMessage is the error of a read whose password grant was rejected.
 func rejectedMessage(cause string, allowed time.Time) string {
 	return fmt.Sprintf(`connection "conn" rejected the credentials of user "alice@example.com": %s; `+
@@ -761,10 +772,7 @@ func rejectedMessage(cause string, allowed time.Time) string {
 }
 
 func TestFaults_AmbiguousRefreshIsNeverReplayed(t *testing.T) {
-	env := getTestBackend(t)
-	p := newFakeProvider(t, "mindbaz", env.clock)
-	env.setup(t, p, nil, nil)
-	env.readCreds(t, "app")
+	env, p, _, _ := newSession(t)
 	used := env.storedSession(t, "app").RefreshToken
 	env.clock.Add(p.accessTTL)
 
@@ -820,11 +828,7 @@ func TestFaults_AmbiguousRefreshIsNeverReplayed(t *testing.T) {
 }
 
 func TestFaults_TransientFailuresAreRateLimited(t *testing.T) {
-	env := getTestBackend(t)
-	pauses := env.recordPauses()
-	p := newFakeProvider(t, "mindbaz", env.clock)
-	env.setup(t, p, nil, nil)
-	first := env.readCreds(t, "app").Data
+	env, p, pauses, first := newSession(t)
 	expiry := env.clock.Now().Add(p.accessTTL)
 	env.clock.Add(p.accessTTL - 30*time.Second) // under min_ttl, still valid
 	p.setHook(reply("", http.StatusServiceUnavailable, "application/json", `{"error":"temporarily_unavailable","error_description":"down for maintenance"}`)(p))
@@ -918,11 +922,7 @@ func TestFaults_TransientFailuresAreRateLimited(t *testing.T) {
 }
 
 func TestFaults_RetryAfterBeyondTheTimeout(t *testing.T) {
-	env := getTestBackend(t)
-	pauses := env.recordPauses()
-	p := newFakeProvider(t, "mindbaz", env.clock)
-	env.setup(t, p, nil, nil)
-	env.readCreds(t, "app")
+	env, p, pauses, _ := newSession(t)
 	env.clock.Add(p.accessTTL)
 	p.setHook(reply("", http.StatusTooManyRequests, "", "", "Retry-After", "120")(p))
 	start := env.clock.Now()
@@ -975,10 +975,7 @@ func TestFaults_StorageWriteFailure(t *testing.T) {
 	}
 	for name, tc := range cases {
 		t.Run(name, func(t *testing.T) {
-			env := getTestBackend(t)
-			p := newFakeProvider(t, "mindbaz", env.clock)
-			env.setup(t, p, nil, nil)
-			env.readCreds(t, "app")
+			env, p, _, _ := newSession(t)
 			used := env.storedSession(t, "app").RefreshToken
 			env.clock.Add(p.accessTTL)
 
