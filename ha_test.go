@@ -541,3 +541,25 @@ func TestHA_StandbyServesReads(t *testing.T) {
 			p.calls(grantPassword), p.calls(grantRefresh), ideal, sim.readCalls)
 	}
 }
+
+// TestHA_ReadOnlyStorageForwards: a write refused as read-only comes back as the bare
+// logical.ErrReadOnly, which makes Vault run the request on the active node.
+func TestHA_ReadOnlyStorageForwards(t *testing.T) {
+	env := getTestBackend(t)
+	p := newFakeProvider(t, "mindbaz", env.clock)
+	env.setup(t, p, nil, nil)
+	ro := readOnlyStorage{env.storage}
+	for name, req := range map[string]*logical.Request{
+		"config write": {Operation: logical.UpdateOperation, Path: "config/conn", Data: map[string]any{"username": "bob", "verify": false}},
+		"role write":   {Operation: logical.UpdateOperation, Path: "roles/app", Data: map[string]any{"min_ttl": "30s"}},
+		"creds read":   {Operation: logical.ReadOperation, Path: "creds/app"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			req.Storage, req.MountPoint = ro, "bearer/"
+			_, err := env.b.HandleRequest(context.Background(), req)
+			if err != logical.ErrReadOnly {
+				t.Errorf("error = %v, want the bare logical.ErrReadOnly", err)
+			}
+		})
+	}
+}

@@ -491,6 +491,9 @@ func responseError(mount string, err error) (*logical.Response, error) {
 	if errors.As(err, &perr) {
 		return nil, logical.CodedError(http.StatusBadGateway, withMount(perr.Error(), mount))
 	}
+	if isReadOnlyErr(err) {
+		return nil, logical.ErrReadOnly
+	}
 	return nil, err
 }
 
@@ -531,6 +534,10 @@ func putJSON(ctx context.Context, s logical.Storage, key string, v any) error {
 		return fmt.Errorf("encoding %s: %w", key, err)
 	}
 	if err := s.Put(ctx, entry); err != nil {
+		if isReadOnlyErr(err) {
+			// Bare, so that Vault sees it and runs the request on a node that can write.
+			return logical.ErrReadOnly
+		}
 		return fmt.Errorf("writing %s: %w", key, err)
 	}
 	return nil
