@@ -216,6 +216,7 @@ func New(cfg Config) (*Provider, error) {
 
 	// Opaque HMAC tokens (ory_at_..., ory_rt_...), validated against the store.
 	p.oauth = compose.Compose(fc, store, compose.NewOAuth2HMACStrategy(fc),
+		//lint:ignore SA1019 the password grant is deprecated, and exactly what the providers under test use
 		compose.OAuth2ResourceOwnerPasswordCredentialsFactory,
 		compose.OAuth2RefreshTokenGrantFactory,
 		compose.OAuth2TokenIntrospectionFactory,
