@@ -99,7 +99,7 @@ func TestAgentTemplate(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(string(logText), "rotation_period") {
+	if !strings.Contains(string(logText), "Found rotation_period") {
 		t.Errorf("agent log does not show the re-read scheduled from rotation_period/ttl")
 	}
 }
