@@ -67,6 +67,9 @@ type backend struct {
 	// attempts maps a role name to a *attemptState (rate limit of failing requests).
 	// Read and written only under the role's lock.
 	attempts sync.Map
+	// rejections maps a connection name to a *connRejection: its credentials were
+	// rejected, so no role using it logs in before the backoff passes.
+	rejections sync.Map
 
 	// invalidateMu makes "check the generation, then cache" atomic against Invalidate.
 	invalidateMu sync.Mutex

@@ -1057,3 +1057,38 @@ func TestFaults_ConnectionGone(t *testing.T) {
 func advanceTo(c *testClock, t time.Time) {
 	c.Add(t.Sub(c.Now()))
 }
+
+func TestFaults_RejectionHoldsBackEveryRoleOfTheConnection(t *testing.T) {
+	env := getTestBackend(t)
+	p := newFakeProvider(t, "mindbaz", env.clock)
+	env.setup(t, p, nil, nil)
+	env.mustOK(t, logical.UpdateOperation, "roles/app2", map[string]any{"config": "conn"})
+	start := env.clock.Now()
+	p.setPassword("rotated-elsewhere")
+	logins := p.calls(grantPassword)
+
+	cause := "password grant failed: invalid_grant: Invalid user credentials (HTTP 401)"
+	for i := range 1000 {
+		if i > 0 {
+			env.clock.Add(3600 * time.Millisecond)
+		}
+		role := []string{"app", "app2"}[i%2]
+		msg := env.mustFail(t, logical.ReadOperation, "creds/"+role, nil)
+		if i == 1 {
+			want := `connection "conn" rejected the credentials of user "alice@example.com" at ` + formatTime(start) + " (" + cause + "); " +
+				"to protect the account from lockout no login is tried before " + formatTime(start.Add(15*time.Minute)) +
+				": update the credentials with vault write bearer/config/conn password=<new password> (or client_secret=<new secret>)"
+			if msg != want {
+				t.Errorf("the other role's error:\n got %s\nwant %s", msg, want)
+			}
+		}
+	}
+	if got := p.calls(grantPassword) - logins; got != 3 {
+		t.Errorf("two roles of one connection made %d password attempts in an hour, want 3", got)
+	}
+
+	env.mustOK(t, logical.UpdateOperation, "config/conn", map[string]any{"password": "rotated-elsewhere", "verify": false})
+	env.readCreds(t, "app2")
+	env.readCreds(t, "app")
+	assertNoSecrets(t, "logs", env.logs.String(), testPassword, "rotated-elsewhere")
+}

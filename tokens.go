@@ -118,6 +118,30 @@ type attemptState struct {
 	credentialsVersion uint64
 }
 
+// connRejection records, in memory, that a connection's credentials were rejected, so
+// that every role using the connection holds back its logins: the provider counts
+// failed logins per account, not per role.
+type connRejection struct {
+	conn       *connEntry // the connection as it was; any write to it lifts the record
+	at         time.Time
+	rejections int
+	allowed    time.Time
+	cause      string
+}
+
+// connectionRejection returns the rejection recorded for a connection's current
+// credentials, or nil.
+func (b *backend) connectionRejection(name string, conn *connEntry) *connRejection {
+	v, ok := b.rejections.Load(name)
+	if !ok {
+		return nil
+	}
+	if r := v.(*connRejection); r.conn == conn {
+		return r
+	}
+	return nil
+}
+
 // tokenResult is what a creds request returns.
 type tokenResult struct {
 	token    *tokenEntry
@@ -290,9 +314,15 @@ func (b *backend) renew(ctx context.Context, s logical.Storage, name string, rc 
 		st.RefreshToken, st.RefreshExpiresAt = "", time.Time{}
 	}
 
-	if allowed := st.loginAllowedAt(conn); !allowed.IsZero() && now.Before(allowed) {
+	rejectedAt, cause, allowed := st.CredentialsRejectedAt, st.LastError, st.loginAllowedAt(conn)
+	if r := b.connectionRejection(role.Config, conn); r != nil && r.allowed.After(allowed) {
+		// Another role's login with these credentials was rejected: the account is
+		// the same, so is the backoff.
+		rejectedAt, cause, allowed = r.at, r.cause, r.allowed
+	}
+	if !allowed.IsZero() && now.Before(allowed) {
 		err := fmt.Errorf("connection %q rejected the credentials of user %q at %s (%s); to protect the account from lockout no login is tried before %s: update the credentials with vault write <mount>/config/%s password=<new password> (or client_secret=<new secret>)",
-			role.Config, conn.Username, formatTime(st.CredentialsRejectedAt), st.LastError, formatTime(allowed), role.Config)
+			role.Config, conn.Username, formatTime(rejectedAt), cause, formatTime(allowed), role.Config)
 		if st.RefreshToken == "" && rc.token != nil && rc.token.RefreshToken != "" {
 			// The refresh token was just given up: record that before answering.
 			if perr := b.persist(ctx, s, name, role, st); perr != nil {
@@ -311,9 +341,15 @@ func (b *backend) renew(ctx context.Context, s logical.Storage, name string, rc 
 		if st.RejectedCredentialsVersion != conn.CredentialsVersion {
 			st.Rejections = 0
 		}
+		if r := b.connectionRejection(role.Config, conn); r != nil {
+			st.Rejections = max(st.Rejections, r.rejections)
+		}
 		st.CredentialsRejectedAt = now
 		st.RejectedCredentialsVersion = conn.CredentialsVersion
 		st.Rejections++
+		b.rejections.Store(role.Config, &connRejection{
+			conn: conn, at: now, rejections: st.Rejections, allowed: st.loginAllowedAt(conn), cause: redact(err.Error(), secrets...),
+		})
 		b.Logger().Warn("provider rejected the password login", "role", name, "connection", role.Config, "username", conn.Username, "next_login_at", formatTime(st.loginAllowedAt(conn)))
 	}
 	return b.failed(ctx, s, name, role, conn, st, old, now, err, secrets, rejected)
