@@ -244,6 +244,18 @@ func TestFaultMatrix(t *testing.T) {
 			calls:   map[string]int{grantPassword: 1},
 			session: sessionWant{failures: 1, rejected: true, lastError: "password grant failed: invalid_grant: Invalid user credentials (HTTP 401)"},
 		},
+		"refresh invalid_grant, then password invalid_grant, while the token is still valid": {
+			renew:   true,
+			advance: 1199*time.Second - 30*time.Second,
+			arrange: func(t *testing.T, env *testEnv, p *fakeProvider) {
+				p.forgetSessions()
+				p.setPassword("changed-at-the-provider")
+			},
+			token:   "<old>",
+			warning: "served the current token, valid until {old_expiry}, because renewing it failed: " + rejectedError("password grant failed: invalid_grant: Invalid user credentials (HTTP 401)"),
+			calls:   map[string]int{grantRefresh: 1, grantPassword: 1},
+			session: sessionWant{failures: 1, rejected: true, lastError: "password grant failed: invalid_grant: Invalid user credentials (HTTP 401)"},
+		},
 		"invalid_client": {
 			hook:    reply(grantPassword, http.StatusUnauthorized, "application/json", `{"error":"invalid_client","error_description":"Invalid client credentials"}`),
 			err:     rejectedError("password grant failed: invalid_client: Invalid client credentials (HTTP 401)"),
@@ -728,6 +740,12 @@ func TestFaults_RejectedCredentialsBackoff(t *testing.T) {
 				t.Errorf("password attempts at %v, want %v", attempts, want)
 			}
 			env.assertSession(t, "app", sessionWant{failures: 3, rejected: true, lastError: tc.cause, at: start.Add(45 * time.Minute)})
+
+			// A write that leaves the credentials alone does not lift the block.
+			env.mustOK(t, logical.UpdateOperation, "config/conn", map[string]any{"request_timeout": "20s", "verify": false})
+			if msg := env.mustFail(t, logical.ReadOperation, "creds/app", nil); !strings.Contains(msg, "no login is tried before "+formatTime(start.Add(105*time.Minute))) || len(attempts) != 3 {
+				t.Errorf("after a write of request_timeout (%d attempts): %s", len(attempts), msg)
+			}
 
 			// Fixing the credentials lifts the block at once.
 			env.mustOK(t, logical.UpdateOperation, "config/conn", tc.fix)

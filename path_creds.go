@@ -80,7 +80,7 @@ func (b *backend) pathCredsRead(ctx context.Context, req *logical.Request, d *fr
 	if err != nil {
 		return responseError(req.MountPoint, err)
 	}
-	return credsResponse(&res, b.now()), nil
+	return credsResponse(&res, b.now(), req.MountPoint), nil
 }
 
 func (b *backend) pathCredsRenew(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
@@ -89,7 +89,7 @@ func (b *backend) pathCredsRenew(ctx context.Context, req *logical.Request, d *f
 	if err != nil {
 		return responseError(req.MountPoint, err)
 	}
-	return credsResponse(&res, b.now()), nil
+	return credsResponse(&res, b.now(), req.MountPoint), nil
 }
 
 func (b *backend) pathCredsDelete(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
@@ -115,7 +115,7 @@ func (b *backend) pathCredsDelete(ctx context.Context, req *logical.Request, d *
 // the refresh token. There is no lease: an OAuth2 access token cannot be revoked
 // through Vault. ttl and rotation_period make Vault Agent re-read when a newer token
 // is available.
-func credsResponse(res *tokenResult, now time.Time) *logical.Response {
+func credsResponse(res *tokenResult, now time.Time, mount string) *logical.Response {
 	t := res.token
 	left := t.ExpiresAt.Sub(now)
 	ttl := max(int64((left-t.effectiveMinTTL(res.minTTL))/time.Second), 1)
@@ -136,7 +136,7 @@ func credsResponse(res *tokenResult, now time.Time) *logical.Response {
 	}
 	resp := &logical.Response{Data: data}
 	for _, w := range res.warnings {
-		resp.AddWarning(w)
+		resp.AddWarning(withMount(w, mount))
 	}
 	return resp
 }
