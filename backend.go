@@ -164,6 +164,20 @@ func (b *backend) cacheIfCurrent(m *sync.Map, key string, value any, gen uint64)
 	}
 }
 
+// itemOperations are the operations on a connection or a role. Writes and deletes are
+// always run on the active node; reads are served where they arrive.
+func itemOperations(write, read, del framework.OperationFunc) map[logical.Operation]framework.OperationHandler {
+	forwarded := func(f framework.OperationFunc) *framework.PathOperation {
+		return &framework.PathOperation{Callback: f, ForwardPerformanceStandby: true, ForwardPerformanceSecondary: true}
+	}
+	return map[logical.Operation]framework.OperationHandler{
+		logical.CreateOperation: forwarded(write),
+		logical.UpdateOperation: forwarded(write),
+		logical.ReadOperation:   &framework.PathOperation{Callback: read},
+		logical.DeleteOperation: forwarded(del),
+	}
+}
+
 // canWrite reports whether this node may write storage (and so may call the provider).
 func (b *backend) canWrite() bool {
 	return b.System() == nil || b.WriteSafeReplicationState()

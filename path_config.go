@@ -164,27 +164,8 @@ func pathConfig(b *backend) []*framework.Path {
 					Default:     true,
 				},
 			},
-			ExistenceCheck: b.connectionExists,
-			Operations: map[logical.Operation]framework.OperationHandler{
-				logical.CreateOperation: &framework.PathOperation{
-					Callback:                    b.pathConfigWrite,
-					ForwardPerformanceStandby:   true,
-					ForwardPerformanceSecondary: true,
-				},
-				logical.UpdateOperation: &framework.PathOperation{
-					Callback:                    b.pathConfigWrite,
-					ForwardPerformanceStandby:   true,
-					ForwardPerformanceSecondary: true,
-				},
-				logical.ReadOperation: &framework.PathOperation{
-					Callback: b.pathConfigRead,
-				},
-				logical.DeleteOperation: &framework.PathOperation{
-					Callback:                    b.pathConfigDelete,
-					ForwardPerformanceStandby:   true,
-					ForwardPerformanceSecondary: true,
-				},
-			},
+			ExistenceCheck:  b.connectionExists,
+			Operations:      itemOperations(b.pathConfigWrite, b.pathConfigRead, b.pathConfigDelete),
 			HelpSynopsis:    pathConfigHelpSyn,
 			HelpDescription: pathConfigHelpDesc,
 		},

@@ -54,27 +54,8 @@ func pathRoles(b *backend) []*framework.Path {
 					Default:     true,
 				},
 			},
-			ExistenceCheck: b.roleExists,
-			Operations: map[logical.Operation]framework.OperationHandler{
-				logical.CreateOperation: &framework.PathOperation{
-					Callback:                    b.pathRoleWrite,
-					ForwardPerformanceStandby:   true,
-					ForwardPerformanceSecondary: true,
-				},
-				logical.UpdateOperation: &framework.PathOperation{
-					Callback:                    b.pathRoleWrite,
-					ForwardPerformanceStandby:   true,
-					ForwardPerformanceSecondary: true,
-				},
-				logical.ReadOperation: &framework.PathOperation{
-					Callback: b.pathRoleRead,
-				},
-				logical.DeleteOperation: &framework.PathOperation{
-					Callback:                    b.pathRoleDelete,
-					ForwardPerformanceStandby:   true,
-					ForwardPerformanceSecondary: true,
-				},
-			},
+			ExistenceCheck:  b.roleExists,
+			Operations:      itemOperations(b.pathRoleWrite, b.pathRoleRead, b.pathRoleDelete),
 			HelpSynopsis:    pathRolesHelpSyn,
 			HelpDescription: pathRolesHelpDesc,
 		},
@@ -278,4 +259,3 @@ new logins). Deleting a role deletes its stored tokens.
 const pathRolesListHelpSyn = `List the roles.`
 
 const pathRolesListHelpDesc = `Lists the names of the configured roles.`
-
