@@ -75,17 +75,17 @@ var credsResponseFields = map[string]*framework.FieldSchema{
 }
 
 func (b *backend) pathCredsRead(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
-	minTTL := time.Duration(d.Get("min_ttl").(int)) * time.Second
-	res, err := b.getToken(ctx, req.Storage, d.Get("name").(string), minTTL, false)
-	if err != nil {
-		return responseError(req.MountPoint, err)
-	}
-	return credsResponse(&res, b.now(), req.MountPoint), nil
+	return b.creds(ctx, req, d, false)
 }
 
 func (b *backend) pathCredsRenew(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
+	return b.creds(ctx, req, d, true)
+}
+
+// creds answers a creds read, or with force a renewal.
+func (b *backend) creds(ctx context.Context, req *logical.Request, d *framework.FieldData, force bool) (*logical.Response, error) {
 	minTTL := time.Duration(d.Get("min_ttl").(int)) * time.Second
-	res, err := b.getToken(ctx, req.Storage, d.Get("name").(string), minTTL, true)
+	res, err := b.getToken(ctx, req.Storage, d.Get("name").(string), minTTL, force)
 	if err != nil {
 		return responseError(req.MountPoint, err)
 	}
