@@ -74,12 +74,14 @@ type creds struct {
 	LeaseID        string
 	LeaseDuration  int
 	Warnings       []string
-	ReadAt         time.Time
+	// The request was served between ReadStart and ReadAt.
+	ReadStart, ReadAt time.Time
 }
 
-// parseCreds checks the shape of a creds answer (SPEC 3.3) and decodes it.
-func parseCreds(data map[string]any, r *harness.Response) (creds, error) {
-	c := creds{ReadAt: time.Now()}
+// parseCreds checks the shape of a creds answer (SPEC 3.3) to a request sent at
+// start and decodes it.
+func parseCreds(data map[string]any, r *harness.Response, start time.Time) (creds, error) {
+	c := creds{ReadStart: start, ReadAt: time.Now()}
 	if r != nil {
 		c.LeaseID, c.LeaseDuration, c.Warnings = r.LeaseID, r.LeaseDuration, r.Warnings
 	}
@@ -117,6 +119,7 @@ func parseCreds(data map[string]any, r *harness.Response) (creds, error) {
 
 // readCreds reads bearer/creds/<role> over HTTP with token and checks it.
 func readCreds(s *harness.Server, token, role string) (creds, error) {
+	start := time.Now()
 	r, err := s.Do(http.MethodGet, "/v1/bearer/creds/"+role, token, nil)
 	if err != nil {
 		return creds{}, err
@@ -124,7 +127,7 @@ func readCreds(s *harness.Server, token, role string) (creds, error) {
 	if r.Status != http.StatusOK {
 		return creds{}, fmt.Errorf("read creds/%s: %s", role, r)
 	}
-	return parseCreds(r.Data, r)
+	return parseCreds(r.Data, r, start)
 }
 
 // mustReadCreds is readCreds with the root token, failing the test on error.
@@ -146,8 +149,9 @@ func readCredsCLI(t testing.TB, s *harness.Server, role string) creds {
 		Warnings      []string       `json:"warnings"`
 		Data          map[string]any `json:"data"`
 	}
+	start := time.Now()
 	s.CLIJSON(&out, "read", "-format=json", "bearer/creds/"+role)
-	c, err := parseCreds(out.Data, &harness.Response{LeaseID: out.LeaseID, LeaseDuration: out.LeaseDuration, Warnings: out.Warnings})
+	c, err := parseCreds(out.Data, &harness.Response{LeaseID: out.LeaseID, LeaseDuration: out.LeaseDuration, Warnings: out.Warnings}, start)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -180,8 +184,13 @@ func checkCredsShape(t testing.TB, c creds, life, minTTL time.Duration) {
 	if c.TTL < wantTTL-2 || c.TTL > wantTTL+1 {
 		t.Errorf("ttl = %d, want expires_in - min_ttl = %d (±2)", c.TTL, wantTTL)
 	}
-	if left := time.Until(c.ExpiresAt); left < time.Duration(c.ExpiresIn-2)*time.Second || left > time.Duration(c.ExpiresIn+2)*time.Second {
-		t.Errorf("expires_at %s is %s away, expires_in says %ds", c.ExpiresAt, left, c.ExpiresIn)
+	// expires_in was computed when the request was served, somewhere between
+	// ReadStart and ReadAt: however long a loaded machine took to answer,
+	// expires_at was at most expires_in away at ReadAt and at least at
+	// ReadStart.
+	early, late := c.ExpiresAt.Sub(c.ReadStart), c.ExpiresAt.Sub(c.ReadAt)
+	if early < time.Duration(c.ExpiresIn-2)*time.Second || late > time.Duration(c.ExpiresIn+2)*time.Second {
+		t.Errorf("expires_at %s is %s away at the request and %s at the answer, expires_in says %ds", c.ExpiresAt, early, late, c.ExpiresIn)
 	}
 	if !strings.HasSuffix(c.ExpiresAtRaw, "Z") {
 		t.Errorf("expires_at %q is not in UTC", c.ExpiresAtRaw)
@@ -200,8 +209,9 @@ func assertCounts(t testing.TB, p *provider.Provider, before provider.Counts, wa
 // over HTTP) with the root token.
 func forceCreds(t testing.TB, s *harness.Server, role string) creds {
 	t.Helper()
+	start := time.Now()
 	r := s.MustDo(http.MethodPost, "/v1/bearer/creds/"+role, map[string]any{}, http.StatusOK)
-	c, err := parseCreds(r.Data, r)
+	c, err := parseCreds(r.Data, r, start)
 	if err != nil {
 		t.Fatal(err)
 	}
