@@ -28,11 +28,14 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # free_port prints a loopback TCP port that nobody listens on, nor on the next one
-# (vault server -dev puts its cluster listener there).
+# (vault server -dev puts its cluster listener there). It stays below Linux's
+# ephemeral range (32768 and up), where the local end of any outgoing connection
+# could take the port before Vault binds it, and above the end-to-end suite's
+# ports (10000-19999).
 free_port() {
 	local port
 	for _ in $(seq 1 200); do
-		port=$((20000 + RANDOM % 20000))
+		port=$((20000 + RANDOM % 12000))
 		if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null &&
 			! (exec 3<>"/dev/tcp/127.0.0.1/$((port + 1))") 2>/dev/null; then
 			echo "$port"

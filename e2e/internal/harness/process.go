@@ -3,9 +3,11 @@ package harness
 import (
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -128,6 +130,34 @@ var (
 	ports   = map[int]bool{}
 )
 
+// Ports are picked at random in [minPort, maxPort), below the kernel's
+// ephemeral range (32768-60999 by default), never in it: a port found free there
+// can be taken, before Vault binds it, by any listener on port 0 or by the
+// local end of any outgoing connection on the machine. Linux gives bind(0) odd
+// ports and connect() even ones, so the cluster port of a dev server (API port
+// + 1) was exactly where the test's own HTTP clients and Raft connections draw
+// their local ports. scripts/dev.sh picks its ports from maxPort up, so that
+// TestDevScript never races another scenario for a port.
+const (
+	minPort              = 10000
+	maxPort              = 20000
+	ephemeralRangeConfig = "/proc/sys/net/ipv4/ip_local_port_range"
+)
+
+// portRangeEnd is where picked ports end: maxPort, or the first port of the
+// kernel's ephemeral range if that is lower (and leaves room).
+func portRangeEnd() int {
+	end := maxPort
+	if b, err := os.ReadFile(ephemeralRangeConfig); err == nil {
+		if f := strings.Fields(string(b)); len(f) == 2 {
+			if lo, err := strconv.Atoi(f[0]); err == nil && lo > minPort+1000 {
+				end = min(end, lo)
+			}
+		}
+	}
+	return end
+}
+
 // freePort returns a loopback TCP port that was free a moment ago and that
 // this test binary has not handed out before.
 func freePort() (int, error) { return freePorts(1) }
@@ -138,22 +168,12 @@ func freePort() (int, error) { return freePorts(1) }
 func freePorts(n int) (int, error) {
 	portsMu.Lock()
 	defer portsMu.Unlock()
-	for range 100 {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return 0, err
-		}
-		first := ln.Addr().(*net.TCPAddr).Port
-		ln.Close()
+	hi := portRangeEnd() - n
+	for range 1000 {
+		first := minPort + rand.IntN(hi-minPort)
 		ok := true
 		for p := first; p < first+n && ok; p++ {
-			ok = !ports[p] && p <= 65535
-			if ok && p > first {
-				l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p))
-				if ok = err == nil; ok {
-					l.Close()
-				}
-			}
+			ok = !ports[p] && bindable(p)
 		}
 		if ok {
 			for p := first; p < first+n; p++ {
@@ -163,4 +183,14 @@ func freePorts(n int) (int, error) {
 		}
 	}
 	return 0, errors.New("no free ports")
+}
+
+// bindable reports whether nothing holds 127.0.0.1:port.
+func bindable(port int) bool {
+	ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+	if err != nil {
+		return false
+	}
+	ln.Close()
+	return true
 }
