@@ -156,9 +156,35 @@ func (sc *Scenario) finish() {
 			t.Logf("==== tail of %s:\n%s", filepath.Base(f), tail(f, 60))
 		}
 	}
+	if dir := os.Getenv("E2E_KEEP_LOGS"); dir != "" {
+		sc.keepLogs(filepath.Join(dir, t.Name()), files)
+	}
 	if leaks := sc.LeakReport(); leaks != "" {
 		t.Errorf("secrets leaked into logs or answers:\n%s", leaks)
 	}
+}
+
+// keepLogs copies the scenario's logs and transcript into dir, named after
+// their place in the test's directory (vault1-raft-vault.log).
+func (sc *Scenario) keepLogs(dir string, files []string) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		sc.T.Logf("E2E_KEEP_LOGS: %v", err)
+		return
+	}
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue // a process that never started has no log
+		}
+		name := filepath.Base(f)
+		if rel, err := filepath.Rel(sc.Dir, f); err == nil {
+			name = strings.ReplaceAll(rel, string(filepath.Separator), "-")
+		}
+		if err := os.WriteFile(filepath.Join(dir, name), b, 0o600); err != nil {
+			sc.T.Logf("E2E_KEEP_LOGS: %v", err)
+		}
+	}
+	sc.T.Logf("logs kept in %s", dir)
 }
 
 // tail returns the last n lines of a file.

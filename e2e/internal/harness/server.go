@@ -258,6 +258,12 @@ func (s *Server) EnableEngine() {
 // Its output is recorded in the transcript; the command line is logged with
 // password and client_secret values redacted.
 func (s *Server) CLI(token string, args ...string) (stdout, stderr string, err error) {
+	return s.CLIInput(token, "", args...)
+}
+
+// CLIInput is CLI with stdin, which the CLI reads for a field written as
+// key=- (vault write bearer/config/x password=-).
+func (s *Server) CLIInput(token, stdin string, args ...string) (stdout, stderr string, err error) {
 	env := []string{"VAULT_ADDR=" + s.Addr, "VAULT_CLI_NO_COLOR=1"}
 	if token != "" {
 		env = append(env, "VAULT_TOKEN="+token)
@@ -266,6 +272,7 @@ func (s *Server) CLI(token string, args ...string) (stdout, stderr string, err e
 	defer cancel()
 	cmd := exec.CommandContext(ctx, s.sc.Env.VaultBin, args...)
 	cmd.Env = childEnv(s.Dir, env...)
+	cmd.Stdin = strings.NewReader(stdin)
 	var o, e bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &o, &e
 	err = cmd.Run()
