@@ -35,7 +35,7 @@ bench: ## Performance figures as one table: backend benchmarks and the real-Vaul
 
 .PHONY: bench-readme
 bench-readme: ## make bench, writing the table into README.md between the bench markers
-	$(MAKE) bench BENCH_README=1
+	@$(MAKE) --no-print-directory bench BENCH_README=1
 
 .PHONY: fuzz
 fuzz: ## Run each fuzz target for FUZZTIME (default 60s)

@@ -11,7 +11,7 @@ import (
 var benchInfo = map[string]struct{ what, target string }{
 	"CredsCached":         {"Backend: cached creds read", "a few µs; no provider call, no storage operation"},
 	"CredsCachedParallel": {"Backend: cached creds read, all cores", "as above, no lock contention"},
-	"CredsColdRefresh":    {"Backend: creds read that renews the token", ""},
+	"CredsColdRefresh":    {"Backend: creds read that renews the token", "—"},
 	"Burst":               {"1,000 concurrent reads at expiry", "exactly 1 provider call"},
 	"SimulatedDay":        {"Simulated day, 20-minute token", "provider calls = ideal renewals; no password login after the first"},
 	"PeriodicNothingDue":  {"Periodic function, nothing due", "< 1 ms with 10,000 roles"},
@@ -56,13 +56,13 @@ func render(benches []goBench, vr *vaultResult, root string) string {
 			bearer.throughput()/kv.throughput()), "reported")
 	}
 	b.WriteString("\n")
-	fmt.Fprintf(&b, "Machine: %s. Taken %s with `make bench`.\n", machine(vr, root), time.Now().UTC().Format("2006-01-02"))
+	fmt.Fprintf(&b, "- Machine: %s. Taken %s with `make bench`.\n", machine(vr, root), time.Now().UTC().Format("2006-01-02"))
 	if len(benches) > 0 {
-		b.WriteString("Backend rows: `go test -run '^$' -bench . -benchmem` in the root package (per op; custom metrics from `b.ReportMetric`).\n")
+		b.WriteString("- Backend rows: `go test -run '^$' -bench . -benchmem` in the root package (per op; custom metrics from `b.ReportMetric`).\n")
 	}
 	if vr != nil {
 		o := vr.opts
-		fmt.Fprintf(&b, "HTTP rows: one dev-mode Vault on 127.0.0.1, one Go client, keep-alive; %d warm-up rounds, then %d × %d rounds "+
+		fmt.Fprintf(&b, "- HTTP rows: one dev-mode Vault on 127.0.0.1, one Go client, keep-alive; %d warm-up rounds, then %d × %d rounds "+
 			"reading bearer, floor and KV-v2 alternately, request by request (p50/p99/mean over %d reads each); "+
 			"req/s with %d concurrent clients in %d interleaved %s turns per endpoint.\n",
 			o.warmup, o.blocks, o.rounds, o.blocks*o.rounds, o.clients, o.windows, o.window)
