@@ -89,7 +89,7 @@ func TestReadmeRecipes(t *testing.T) {
 		}
 	}
 	for name, fields := range written {
-		data := readConfig(t, s, name)
+		data := readData(t, s, "bearer/config/"+name)
 		want := map[string]any{"password_set": true}
 		for k, v := range fields {
 			if k != "password" {
@@ -102,18 +102,14 @@ func TestReadmeRecipes(t *testing.T) {
 		checkFields(t, "config/"+name, data, want)
 	}
 	for _, role := range []string{"mindbaz", "apiax"} {
-		var out struct {
-			Data map[string]any `json:"data"`
-		}
-		s.CLIJSON(&out, "read", "-format=json", "bearer/roles/"+role)
-		checkFields(t, "roles/"+role, out.Data, map[string]any{"config": role})
+		checkFields(t, "roles/"+role, readData(t, s, "bearer/roles/"+role), map[string]any{"config": role})
 	}
 
 	// Rotating the password is a partial update: the preset fields stay.
-	before := readConfig(t, s, "mindbaz")
+	before := readData(t, s, "bearer/config/mindbaz")
 	runRecipe(t, sc, s, "vault write bearer/config/mindbaz password=-",
 		"write", "bearer/config/mindbaz", "password=-", "verify=false")
-	after := readConfig(t, s, "mindbaz")
+	after := readData(t, s, "bearer/config/mindbaz")
 	if fmt.Sprint(after) != fmt.Sprint(before) {
 		t.Errorf("password rotation changed the connection:\nbefore %v\nafter  %v", before, after)
 	}
@@ -179,13 +175,13 @@ func runRecipe(t *testing.T, sc *harness.Scenario, s *harness.Server, line strin
 	t.Logf("ran: %s", line)
 }
 
-// readConfig reads connection name with the CLI.
-func readConfig(t *testing.T, s *harness.Server, name string) map[string]any {
+// readData reads path with `vault read` and returns its data.
+func readData(t *testing.T, s *harness.Server, path string) map[string]any {
 	t.Helper()
 	var out struct {
 		Data map[string]any `json:"data"`
 	}
-	s.CLIJSON(&out, "read", "-format=json", "bearer/config/"+name)
+	s.CLIJSON(&out, "read", "-format=json", path)
 	return out.Data
 }
 
