@@ -19,6 +19,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 	"unicode/utf8"
@@ -257,8 +258,13 @@ func (c *tokenClient) do(ctx context.Context, grant string, form url.Values) (*t
 
 // once sends one HTTP request and classifies its outcome.
 func (c *tokenClient) once(ctx context.Context, grant string, form url.Values, started time.Time) (*tokenResponse, error) {
-	sent := false
-	trace := &httptrace.ClientTrace{WroteRequest: func(httptrace.WroteRequestInfo) { sent = true }}
+	// sent is set from the transport's goroutine once the request's headers are out:
+	// from then on the provider may act on it.
+	var sent atomic.Bool
+	trace := &httptrace.ClientTrace{
+		WroteHeaders: func() { sent.Store(true) },
+		WroteRequest: func(httptrace.WroteRequestInfo) { sent.Store(true) },
+	}
 	req, err := c.newRequest(httptrace.WithClientTrace(ctx, trace), c.conn.TokenURL, form)
 	if err != nil {
 		return nil, &grantError{kind: failInvalid, grant: grant, detail: err.Error()}
@@ -266,7 +272,7 @@ func (c *tokenClient) once(ctx context.Context, grant string, form url.Values, s
 	resp, err := c.http.Do(req)
 	if err != nil {
 		kind := failTransient
-		if sent {
+		if sent.Load() {
 			kind = failAmbiguous
 		}
 		var cerr *tls.CertificateVerificationError

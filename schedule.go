@@ -104,6 +104,8 @@ func (b *backend) scanDue(ctx context.Context, s logical.Storage) (map[string]ti
 // background renews one role's session if it is due: a token being read at its
 // renewal point, an idle one at its refresh token's keep-alive point.
 func (b *backend) background(ctx context.Context, s logical.Storage, name string) {
+	// A renewal, once started, runs to its end and is saved (see getToken).
+	ctx = context.WithoutCancel(ctx)
 	lock := locksutil.LockForKey(b.roleLocks, name)
 	lock.Lock()
 	defer lock.Unlock()

@@ -136,7 +136,7 @@ func (b *backend) connectionRejection(name string, conn *connEntry) *connRejecti
 	if !ok {
 		return nil
 	}
-	if r := v.(*connRejection); r.conn == conn {
+	if r := v.(*connRejection); r.conn.CredentialsVersion == conn.CredentialsVersion {
 		return r
 	}
 	return nil
@@ -182,6 +182,10 @@ func (b *backend) getToken(ctx context.Context, s logical.Storage, name string, 
 	}
 	want := max(rc.role.MinTTL, minTTL)
 	res := tokenResult{minTTL: want}
+	// From here on a reader that goes away must not cut a renewal short: the provider
+	// may already have rotated the refresh token, and the new one must reach storage.
+	// request_timeout bounds how long this takes.
+	ctx = context.WithoutCancel(ctx)
 	if rc.unsaved {
 		if err := b.persist(ctx, s, name, rc.role, rc.token); err != nil {
 			res.warnings = append(res.warnings, "the role's newest tokens could not be saved to storage yet: "+err.Error())
@@ -357,6 +361,8 @@ func (b *backend) renew(ctx context.Context, s logical.Storage, name string, rc 
 
 // succeeded records new tokens, persists them and returns the access token.
 func (b *backend) succeeded(ctx context.Context, s logical.Storage, name string, role *roleEntry, conn *connEntry, st *tokenEntry, tok *tokenResponse, grant string, now time.Time) (*tokenEntry, string, error) {
+	// The tokens belong to the account they were obtained from.
+	st.Config, st.AccountVersion = role.Config, conn.AccountVersion
 	st.AccessToken = tok.AccessToken
 	st.TokenType = tok.TokenType
 	st.Scope = tok.Scope
@@ -437,7 +443,13 @@ func (b *backend) persist(ctx context.Context, s logical.Storage, name string, r
 	err := putJSON(ctx, s, tokenPrefix+name, st)
 	rc := &roleCache{role: role, token: st, view: newCredsView(st), unsaved: err != nil}
 	b.invalidateMu.Lock()
-	b.cache.Store(name, rc)
+	if conn, ok := b.conns.Load(role.Config); ok && conn.(*connEntry).AccountVersion == st.AccountVersion {
+		b.cache.Store(name, rc)
+	} else {
+		// The connection changed (or was dropped) while the session was renewed: the
+		// next read loads it from storage and checks which account it belongs to.
+		b.cache.Delete(name)
+	}
 	b.invalidateMu.Unlock()
 	if err != nil {
 		b.pending.Store(name, st)
@@ -462,7 +474,9 @@ func (b *backend) discardTokens(ctx context.Context, s logical.Storage, name, re
 		}
 	}
 	if st.RefreshToken != "" {
-		if conn, err := b.connection(ctx, s, st.Config); err == nil && conn != nil {
+		// Only to the provider that issued it: a connection pointed elsewhere since
+		// must never receive this refresh token.
+		if conn, err := b.connection(ctx, s, st.Config); err == nil && conn != nil && conn.AccountVersion == st.AccountVersion {
 			if client, err := b.client(st.Config, conn); err == nil {
 				if err := client.revoke(ctx, st.RefreshToken); err != nil {
 					b.Logger().Info("could not revoke a discarded session", "role", name, "error", redact(err.Error(), st.RefreshToken, conn.Password, conn.ClientSecret))

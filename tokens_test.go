@@ -1,0 +1,121 @@
+package bearer
+
+import (
+	"context"
+	"net/http"
+	"net/url"
+	"testing"
+
+	"github.com/hashicorp/vault/sdk/logical"
+)
+
+// holdRefresh makes the provider hold refresh requests until the returned release
+// function is called; received fires when the first one arrives.
+func holdRefresh(p *fakeProvider) (received <-chan struct{}, release func()) {
+	got := make(chan struct{}, 1)
+	hold := make(chan struct{})
+	p.mu.Lock()
+	p.refreshDelay = hold
+	p.mu.Unlock()
+	p.setHook(func(_ http.ResponseWriter, _ *http.Request, form url.Values) bool {
+		if form.Get("grant_type") == grantRefresh {
+			select {
+			case got <- struct{}{}:
+			default:
+			}
+		}
+		return false
+	})
+	return got, func() { close(hold) }
+}
+
+// TestTokens_ReaderGoneDuringRefresh: a reader that disconnects while the provider
+// rotates the refresh token does not lose the new one: the renewal completes and is
+// saved, and nobody logs in again.
+func TestTokens_ReaderGoneDuringRefresh(t *testing.T) {
+	env := getTestBackend(t)
+	p := newFakeProvider(t, "mindbaz", env.clock)
+	env.setup(t, p, nil, nil)
+	env.readCreds(t, "app")
+	env.clock.Add(p.accessTTL)
+	logins := p.calls(grantPassword)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	p.setHook(func(_ http.ResponseWriter, _ *http.Request, form url.Values) bool {
+		if form.Get("grant_type") == grantRefresh {
+			cancel() // the reader goes away while the provider works
+		}
+		return false
+	})
+	_, _ = env.b.HandleRequest(ctx, &logical.Request{Operation: logical.ReadOperation, Path: "creds/app", Storage: env.storage, MountPoint: "bearer/"})
+	p.setHook(nil)
+
+	stored := new(tokenEntry)
+	if _, err := getJSON(context.Background(), env.storage, "tokens/app", stored); err != nil {
+		t.Fatal(err)
+	}
+	if stored.RefreshToken != "rt-mindbaz-3-rrrrrrrr" {
+		t.Errorf("stored refresh token = %q, want the rotated rt-mindbaz-3", stored.RefreshToken)
+	}
+	env.readCreds(t, "app")
+	env.clock.Add(p.accessTTL)
+	env.readCreds(t, "app")
+	if p.calls(grantPassword) != logins || p.calls(grantRefresh) != 2 {
+		t.Errorf("after the disconnect: %d new logins, %d refreshes; want 0 and 2", p.calls(grantPassword)-logins, p.calls(grantRefresh))
+	}
+}
+
+// TestTokens_AccountChangeDuringRefresh: a connection write that changes the account
+// while a renewal is in flight wins: the renewal's token (the old account's) is not
+// served afterwards.
+func TestTokens_AccountChangeDuringRefresh(t *testing.T) {
+	env := getTestBackend(t)
+	p := newFakeProvider(t, "mindbaz", env.clock)
+	env.setup(t, p, nil, nil)
+	env.readCreds(t, "app")
+	env.clock.Add(p.accessTTL)
+
+	received, release := holdRefresh(p)
+	done := make(chan *logical.Response, 1)
+	go func() {
+		resp, _ := env.request(t, logical.ReadOperation, "creds/app", nil)
+		done <- resp
+	}()
+	<-received
+	env.mustOK(t, logical.UpdateOperation, "config/conn", map[string]any{"username": "bob", "verify": false})
+	release()
+	inFlight := <-done
+	p.setHook(nil)
+
+	logins := p.calls(grantPassword)
+	resp, _ := env.request(t, logical.ReadOperation, "creds/app", nil)
+	if p.calls(grantPassword) != logins+1 {
+		t.Errorf("the read after the account change made %d logins, want 1 as bob", p.calls(grantPassword)-logins)
+	}
+	if resp != nil && inFlight != nil && resp.Data["access_token"] != nil && resp.Data["access_token"] == inFlight.Data["access_token"] {
+		t.Error("the old account's token was served after the account changed")
+	}
+}
+
+// TestTokens_RefreshTokenStaysWithItsProvider: after the connection is pointed at
+// another provider, discarding the old session does not send its refresh token there.
+func TestTokens_RefreshTokenStaysWithItsProvider(t *testing.T) {
+	env := getTestBackend(t)
+	p := newFakeProvider(t, "apiax", env.clock)
+	other := newFakeProvider(t, "apiax", env.clock)
+	env.setup(t, p, nil, nil)
+	env.readCreds(t, "app")
+	rt := p.refreshTokens()[len(p.refreshTokens())-1]
+
+	env.mustOK(t, logical.UpdateOperation, "config/conn", map[string]any{"issuer": other.srv.URL + apiaxRealm, "ca_cert": other.caPEM(), "verify": false})
+	env.mustOK(t, logical.DeleteOperation, "creds/app", nil)
+	for _, prov := range []*fakeProvider{p, other} {
+		prov.mu.Lock()
+		for _, r := range prov.requests {
+			if r.form.Get("token") == rt || r.form.Get("refresh_token") == rt {
+				t.Errorf("the old session's refresh token was sent to %s", r.path)
+			}
+		}
+		prov.mu.Unlock()
+	}
+}
