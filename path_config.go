@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/vault/sdk/framework"
+	"github.com/hashicorp/vault/sdk/helper/locksutil"
 	"github.com/hashicorp/vault/sdk/logical"
 )
 
@@ -193,6 +194,11 @@ func (b *backend) connectionExists(ctx context.Context, req *logical.Request, d 
 
 func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
 	name := d.Get("name").(string)
+	// Writes of one connection are serialised, so that two partial updates cannot
+	// undo each other (a password rotation racing a Terraform apply).
+	lock := locksutil.LockForKey(b.roleLocks, configPrefix+name)
+	lock.Lock()
+	defer lock.Unlock()
 	old, err := b.connection(ctx, req.Storage, name)
 	if err != nil {
 		return nil, err
@@ -202,7 +208,17 @@ func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *
 		return logical.ErrorResponse("connection %q: %s", name, err), nil
 	}
 
-	if d.Get("verify").(bool) {
+	var resp *logical.Response
+	rejected := b.connectionRejection(name, entry)
+	switch {
+	case !d.Get("verify").(bool):
+	case rejected != nil && b.now().Before(rejected.allowed):
+		// The provider rejected these very credentials: logging in again would only
+		// bring the account closer to a lockout.
+		resp = &logical.Response{}
+		resp.AddWarning(fmt.Sprintf("verification login skipped: the provider rejected these credentials at %s and no login is tried before %s; update password or client_secret to lift that",
+			formatTime(rejected.at), formatTime(rejected.allowed)))
+	default:
 		if err := b.verifyLogin(ctx, entry); err != nil {
 			return logical.ErrorResponse("connection %q not saved: verification login as %q failed: %s; check the credentials and endpoint, or write with verify=false to save anyway",
 				name, entry.Username, redact(err.Error(), entry.Password, entry.ClientSecret)), nil
@@ -218,7 +234,7 @@ func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *
 	b.conns.Store(name, entry)
 	b.invalidateMu.Unlock()
 	b.Logger().Info("connection saved", "connection", name, "provider", entry.Provider, "username", entry.Username)
-	return nil, nil
+	return resp, nil
 }
 
 // mergeConnection applies a partial update to old (nil on create) and validates the result.
@@ -437,6 +453,7 @@ func (b *backend) pathConfigDelete(ctx context.Context, req *logical.Request, d 
 	b.generation.Add(1)
 	b.dropConnection(name)
 	b.invalidateMu.Unlock()
+	b.rejections.Delete(name)
 	return nil, nil
 }
 

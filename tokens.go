@@ -122,7 +122,7 @@ type attemptState struct {
 // that every role using the connection holds back its logins: the provider counts
 // failed logins per account, not per role.
 type connRejection struct {
-	conn       *connEntry // the connection as it was; any write to it lifts the record
+	conn       *connEntry // the connection as it was; a change of its credentials lifts the record
 	at         time.Time
 	rejections int
 	allowed    time.Time

@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/http"
 	"net/url"
+	"strings"
 	"testing"
 
 	"github.com/hashicorp/vault/sdk/logical"
@@ -118,4 +119,35 @@ func TestTokens_RefreshTokenStaysWithItsProvider(t *testing.T) {
 		}
 		prov.mu.Unlock()
 	}
+}
+
+// TestTokens_RejectionSurvivesUnrelatedConfigWrites: after the provider rejects the
+// password, a connection write that leaves the credentials alone (a Terraform
+// re-apply, with the default verify=true) neither logs in nor lifts the block for
+// the connection's other roles.
+func TestTokens_RejectionSurvivesUnrelatedConfigWrites(t *testing.T) {
+	env := getTestBackend(t)
+	p := newFakeProvider(t, "mindbaz", env.clock)
+	env.setup(t, p, nil, nil)
+	env.mustOK(t, logical.UpdateOperation, "roles/other", map[string]any{"config": "conn"})
+	p.setPassword("changed-at-the-provider")
+	env.mustFail(t, logical.ReadOperation, "creds/app", nil)
+	attempts := p.calls(grantPassword)
+
+	resp := env.mustOK(t, logical.UpdateOperation, "config/conn", map[string]any{"request_timeout": "20s"})
+	if resp == nil || len(resp.Warnings) != 1 || !strings.Contains(resp.Warnings[0], "verification login skipped: the provider rejected these credentials at") {
+		t.Errorf("write while rejected: %#v", resp)
+	}
+	msg := env.mustFail(t, logical.ReadOperation, "creds/other", nil)
+	if !strings.Contains(msg, `connection "conn" rejected the credentials of user "alice@example.com"`) {
+		t.Errorf("other role: %s", msg)
+	}
+	if got := p.calls(grantPassword) - attempts; got != 0 {
+		t.Errorf("%d password logins while the credentials are known to be rejected, want 0", got)
+	}
+
+	// A new password lifts the block, and verify logs in with it.
+	p.setPassword("n3w-Password")
+	env.mustOK(t, logical.UpdateOperation, "config/conn", map[string]any{"password": "n3w-Password"})
+	env.readCreds(t, "other")
 }
