@@ -512,7 +512,8 @@ refresh_token_ttl) that the write does not set; with a Keycloak preset, changing
 issuer derives token_url and revocation_url again.
 
 By default a write performs one password login (verify=true) and is refused if the
-login fails. Reads never return password or client_secret: password_set and
+login fails; while the provider's rejection of the stored credentials holds back logins,
+a write that keeps those credentials skips that login and says so in a warning. Reads never return password or client_secret: password_set and
 client_secret_set say whether they are set. Changing the password or client secret
 lifts a "credentials rejected" state of the roles using the connection and keeps their
 valid tokens; changing token_url, client_id or username discards their tokens.
