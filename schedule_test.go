@@ -563,20 +563,7 @@ func TestPeriodic_SharesTheRoleLock(t *testing.T) {
 			// Past the renewal point and under min_ttl left: both want a new token.
 			env.clock.Add(p.accessTTL - 30*time.Second)
 
-			received := make(chan struct{}, 1)
-			release := make(chan struct{})
-			p.mu.Lock()
-			p.refreshDelay = release
-			p.mu.Unlock()
-			p.setHook(func(_ http.ResponseWriter, _ *http.Request, form url.Values) bool {
-				if form.Get("grant_type") == grantRefresh {
-					select {
-					case received <- struct{}{}:
-					default:
-					}
-				}
-				return false
-			})
+			received, release := holdRefresh(p)
 
 			var read <-chan any
 			var periodic <-chan struct{}
@@ -592,7 +579,7 @@ func TestPeriodic_SharesTheRoleLock(t *testing.T) {
 				read = env.readAsync(t)
 			}
 			waitForLockWaiter(t, tc.waiter)
-			close(release)
+			release()
 			<-periodic
 			got := <-read
 			if p.calls(grantRefresh) != 1 || p.calls("") != 2 {
