@@ -34,10 +34,7 @@ func holdRefresh(p *fakeProvider) (received <-chan struct{}, release func()) {
 // rotates the refresh token does not lose the new one: the renewal completes and is
 // saved, and nobody logs in again.
 func TestTokens_ReaderGoneDuringRefresh(t *testing.T) {
-	env := getTestBackend(t)
-	p := newFakeProvider(t, "mindbaz", env.clock)
-	env.setup(t, p, nil, nil)
-	env.readCreds(t, "app")
+	env, p, _, _ := newSession(t)
 	env.clock.Add(p.accessTTL)
 	logins := p.calls(grantPassword)
 
@@ -70,10 +67,7 @@ func TestTokens_ReaderGoneDuringRefresh(t *testing.T) {
 // while a renewal is in flight wins: the renewal's token (the old account's) is not
 // served afterwards.
 func TestTokens_AccountChangeDuringRefresh(t *testing.T) {
-	env := getTestBackend(t)
-	p := newFakeProvider(t, "mindbaz", env.clock)
-	env.setup(t, p, nil, nil)
-	env.readCreds(t, "app")
+	env, p, _, _ := newSession(t)
 	env.clock.Add(p.accessTTL)
 
 	received, release := holdRefresh(p)
