@@ -150,7 +150,8 @@ type tokenResult struct {
 	warnings []string
 }
 
-// errUnknownRole is a user error: it becomes a 400 response.
+// userError is a mistake of the caller's (an unknown role or connection): it becomes
+// a 400 response.
 type userError struct{ msg string }
 
 func (e *userError) Error() string { return e.msg }
@@ -189,8 +190,8 @@ func (b *backend) getToken(ctx context.Context, s logical.Storage, name string, 
 	if rc.unsaved {
 		if err := b.persist(ctx, s, name, rc.role, rc.token); err != nil {
 			res.warnings = append(res.warnings, "the role's newest tokens could not be saved to storage yet: "+err.Error())
-		} else {
-			rc, _ = b.cacheLoaded(name)
+		} else if latest, ok := b.cacheLoaded(name); ok {
+			rc = latest
 		}
 	}
 	if !force && rc.token.usable(b.now(), want) {
@@ -255,8 +256,10 @@ func (b *backend) loadState(ctx context.Context, s logical.Storage, name string)
 			return nil, err
 		}
 		if conn == nil || rc.token.Config != role.Config || rc.token.AccountVersion != conn.AccountVersion {
-			// The session belongs to another account: it is of no use to this role.
-			rc.token = nil
+			// The session belongs to another account: it is of no use to this role,
+			// saved or not.
+			rc.token, rc.unsaved = nil, false
+			b.pending.Delete(name)
 		}
 	}
 	if rc.token != nil {
@@ -411,16 +414,13 @@ func (b *backend) failed(ctx context.Context, s logical.Storage, name string, ro
 	if rejected {
 		err = fmt.Errorf("connection %q rejected the credentials of user %q: %s; to protect the account from lockout no login is tried before %s: update the credentials with vault write <mount>/config/%s password=<new password> (or client_secret=<new secret>)",
 			role.Config, conn.Username, msg, formatTime(st.loginAllowedAt(conn)), role.Config)
+		// The rejection's own backoff gates the next login and says when it is.
+		b.attempts.Delete(name)
 	} else {
 		err = fmt.Errorf("could not get a token from connection %q (%s): %s", role.Config, conn.TokenURL, msg)
 		if gerr != nil && gerr.advice() != "" {
 			err = fmt.Errorf("%w; %s", err, gerr.advice())
 		}
-	}
-	if rejected {
-		// The rejection's own backoff gates the next login and says when it is.
-		b.attempts.Delete(name)
-	} else {
 		b.attempts.Store(name, &attemptState{next: next, err: err, credentialsVersion: conn.CredentialsVersion})
 	}
 	if perr := b.persist(ctx, s, name, role, st); perr != nil {

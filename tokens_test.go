@@ -145,3 +145,20 @@ func TestTokens_RejectionSurvivesUnrelatedConfigWrites(t *testing.T) {
 	env.mustOK(t, logical.UpdateOperation, "config/conn", map[string]any{"password": "n3w-Password"})
 	env.readCreds(t, "other")
 }
+
+// TestTokens_UnsavedSessionOfAnOldAccount: a session that could not be saved, whose
+// connection then changes account, is dropped; the next read logs in to the new one.
+func TestTokens_UnsavedSessionOfAnOldAccount(t *testing.T) {
+	env, p, _, _ := newSession(t)
+	env.clock.Add(p.accessTTL)
+	env.storage.failPuts.Store(true)
+	env.mustFail(t, logical.ReadOperation, "creds/app", nil) // refreshed, not saved
+	env.storage.failPuts.Store(false)
+	env.mustOK(t, logical.UpdateOperation, "config/conn", map[string]any{"username": "bob", "verify": false})
+
+	logins := p.calls(grantPassword)
+	msg := env.mustFail(t, logical.ReadOperation, "creds/app", nil) // the fake provider knows no bob
+	if p.calls(grantPassword) != logins+1 || !strings.Contains(msg, `rejected the credentials of user "bob"`) {
+		t.Errorf("after the account change: %d logins, error %q; want 1 login as bob", p.calls(grantPassword)-logins, msg)
+	}
+}
