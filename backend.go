@@ -180,7 +180,7 @@ func itemOperations(write, read, del framework.OperationFunc) map[logical.Operat
 
 // canWrite reports whether this node may write storage (and so may call the provider).
 func (b *backend) canWrite() bool {
-	return b.System() == nil || b.WriteSafeReplicationState()
+	return b.WriteSafeReplicationState()
 }
 
 // isReadOnlyErr matches read-only storage errors; they cross the plugin's gRPC boundary
