@@ -5,14 +5,14 @@ package bearer
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/vault/sdk/framework"
-	"github.com/hashicorp/vault/sdk/helper/locksutil"
 	"github.com/hashicorp/vault/sdk/logical"
 )
 
@@ -21,8 +21,11 @@ const (
 	configPrefix = "config/"
 	// rolePrefix holds roles: what a consumer may read.
 	rolePrefix = "roles/"
-	// tokenPrefix holds each role's current access and refresh tokens and failure state.
+	// tokenPrefix holds each role's session: its tokens and failure record.
 	tokenPrefix = "tokens/"
+	// accountPrefix holds each connection's safety state: the provider's rejection of
+	// its credentials, and a spare session.
+	accountPrefix = "accounts/"
 	// operationPrefix prefixes every OpenAPI operation ID.
 	operationPrefix = "bearer"
 )
@@ -42,56 +45,47 @@ func Factory(ctx context.Context, conf *logical.BackendConfig) (logical.Backend,
 	if err := b.Setup(ctx, conf); err != nil {
 		return nil, err
 	}
+	b.storage = conf.StorageView
 	return b, nil
 }
 
 type backend struct {
 	*framework.Backend
 
-	// now and sleep are the clock; tests replace them.
-	now   func() time.Time
-	sleep func(context.Context, time.Duration) error
+	// now, sleep and afterFunc are the clock; tests replace them.
+	now       func() time.Time
+	sleep     func(context.Context, time.Duration) error
+	afterFunc func(d time.Duration, f func()) (stop func() bool)
 
-	// roleLocks serialise token requests and state changes per role name.
-	roleLocks []*locksutil.LockEntry
+	// storage is the mount's storage, for the background work outside requests.
+	storage logical.Storage
 
-	// cache maps a role name to its *roleCache: what the fast path reads without locks.
-	cache sync.Map
-	// conns maps a connection name to its *connEntry as stored.
+	// roles maps a role name to its *roleState, conns a connection name to its
+	// *connState (state.go).
+	roles sync.Map
 	conns sync.Map
-	// clients maps a connection name to the *tokenClient built for it.
-	clients sync.Map
-	// pending maps a role name to a *tokenEntry that could not be persisted yet.
-	// Read and written only under the role's lock.
-	pending sync.Map
-	// attempts maps a role name to a *attemptState (rate limit of failing requests).
-	// Read and written only under the role's lock.
-	attempts sync.Map
-	// rejections maps a connection name to a *connRejection: its credentials were
-	// rejected, so no role using it logs in before the backoff passes.
-	rejections sync.Map
 
-	// invalidateMu makes "check the generation, then cache" atomic against Invalidate.
-	invalidateMu sync.Mutex
-	// generation counts invalidations, so a load that raced one is not cached.
-	generation atomic.Uint64
-
-	// sched is the in-memory schedule of background renewals.
-	sched *schedule
+	// bg runs the background renewals.
+	bg *background
+	// metrics counts what the engine does, per node.
+	metrics *metrics
 }
 
 func newBackend() *backend {
 	b := &backend{
-		now:       func() time.Time { return time.Now().UTC() },
-		sleep:     sleepContext,
-		roleLocks: locksutil.CreateLocks(),
-		sched:     newSchedule(),
+		now:   func() time.Time { return time.Now().UTC() },
+		sleep: sleepContext,
+		afterFunc: func(d time.Duration, f func()) func() bool {
+			return time.AfterFunc(d, f).Stop
+		},
+		metrics: newMetrics(),
 	}
+	b.bg = newBackground(b)
 	b.Backend = &framework.Backend{
 		Help:        strings.TrimSpace(backendHelp),
 		BackendType: logical.TypeLogical,
 		PathsSpecial: &logical.Paths{
-			SealWrapStorage: []string{configPrefix, rolePrefix, tokenPrefix},
+			SealWrapStorage: []string{configPrefix, tokenPrefix, accountPrefix},
 		},
 		Paths: framework.PathAppend(
 			pathConfig(b),
@@ -104,64 +98,6 @@ func newBackend() *backend {
 		RunningVersion: Version,
 	}
 	return b
-}
-
-// invalidate drops the cached item whose storage key another node changed.
-func (b *backend) invalidate(_ context.Context, key string) {
-	b.invalidateMu.Lock()
-	defer b.invalidateMu.Unlock()
-	b.generation.Add(1)
-	switch {
-	case strings.HasPrefix(key, rolePrefix):
-		name := strings.TrimPrefix(key, rolePrefix)
-		b.cache.Delete(name)
-		b.sched.touch(name, b.now())
-	case strings.HasPrefix(key, tokenPrefix):
-		name := strings.TrimPrefix(key, tokenPrefix)
-		b.cache.Delete(name)
-		b.sched.touch(name, b.now())
-	case strings.HasPrefix(key, configPrefix):
-		name := strings.TrimPrefix(key, configPrefix)
-		b.dropConnection(name)
-	}
-}
-
-// dropConnection forgets a connection and the cached state of every role using it.
-// The caller holds invalidateMu.
-func (b *backend) dropConnection(name string) {
-	b.conns.Delete(name)
-	b.clients.Delete(name)
-	b.cache.Range(func(key, value any) bool {
-		if value.(*roleCache).role.Config == name {
-			b.cache.Delete(key)
-		}
-		return true
-	})
-}
-
-// clean drops every cache and the schedule when Vault unmounts or reloads the backend.
-func (b *backend) clean(context.Context) {
-	b.invalidateMu.Lock()
-	defer b.invalidateMu.Unlock()
-	b.generation.Add(1)
-	b.cache.Clear()
-	b.conns.Clear()
-	b.clients.Range(func(_, v any) bool {
-		v.(*tokenClient).http.CloseIdleConnections()
-		return true
-	})
-	b.clients.Clear()
-	b.sched.reset()
-}
-
-// cacheIfCurrent stores value under key in m unless an invalidation happened since gen
-// was read: then storage may already hold something newer than value.
-func (b *backend) cacheIfCurrent(m *sync.Map, key string, value any, gen uint64) {
-	b.invalidateMu.Lock()
-	defer b.invalidateMu.Unlock()
-	if b.generation.Load() == gen {
-		m.Store(key, value)
-	}
 }
 
 // itemOperations are the operations on a connection or a role. Writes and deletes are
@@ -197,3 +133,32 @@ rotating single-use refresh tokens and persists both tokens in Vault storage.
 Write a connection at config/<name>, a role at roles/<name> that uses it, and read
 creds/<role> to get a valid access token.
 `
+
+func getJSON(ctx context.Context, s logical.Storage, key string, v any) (bool, error) {
+	entry, err := s.Get(ctx, key)
+	if err != nil {
+		return false, fmt.Errorf("reading %s: %w", key, err)
+	}
+	if entry == nil {
+		return false, nil
+	}
+	if err := json.Unmarshal(entry.Value, v); err != nil {
+		return false, fmt.Errorf("decoding %s: %w", key, err)
+	}
+	return true, nil
+}
+
+func putJSON(ctx context.Context, s logical.Storage, key string, v any) error {
+	entry, err := logical.StorageEntryJSON(key, v)
+	if err != nil {
+		return fmt.Errorf("encoding %s: %w", key, err)
+	}
+	if err := s.Put(ctx, entry); err != nil {
+		if isReadOnlyErr(err) {
+			// Bare, so that Vault sees it and runs the request on a node that can write.
+			return logical.ErrReadOnly
+		}
+		return fmt.Errorf("writing %s: %w", key, err)
+	}
+	return nil
+}

@@ -61,6 +61,10 @@ const (
 	// failInvalid: the request could not be built or sent for a reason of our own
 	// configuration (bad URL, redirect refused).
 	failInvalid
+	// failPermanent: the request did not reach the provider for a reason a retry cannot
+	// change (the name does not resolve, TLS with a plain-HTTP server, an unknown
+	// certificate authority).
+	failPermanent
 )
 
 // grantError describes a failed token request. Its text quotes the provider's OAuth2
@@ -100,6 +104,8 @@ func (e *grantError) advice() string {
 	switch {
 	case e.badCert:
 		return "check ca_cert and the provider's TLS certificate"
+	case e.kind == failPermanent:
+		return "check token_url (host name, https) and ca_cert"
 	case e.kind == failTransient:
 		return "check that the provider is up and that token_url is right, then try again"
 	case e.kind == failAmbiguous:
@@ -118,15 +124,25 @@ type tokenResponse struct {
 	ExpiresAt        time.Time
 	RefreshToken     string
 	RefreshExpiresAt time.Time // zero: the provider did not say
+	// Started is when the request that obtained it was sent: expires_in counts from it.
+	Started time.Time
 }
 
-// tokenClient performs the two grants against one connection.
+// tokenClient performs the grants against one connection.
 type tokenClient struct {
 	conn  *connEntry
 	http  *http.Client
 	now   func() time.Time
 	sleep func(context.Context, time.Duration) error
+	// slots bounds the requests in flight to the provider: each request holds one.
+	slots chan struct{}
+	// observe, when set, is told of every token request's outcome and latency.
+	observe func(grant string, err error, latency time.Duration)
 }
+
+// maxAttemptRequests is the most requests one attempt sends for one grant: the first
+// and two retries of a transient failure.
+const maxAttemptRequests = 3
 
 // newHTTPClient returns the HTTP client for a connection: TLS always verified (against
 // ca_cert alone when set), redirects never followed.
@@ -149,8 +165,9 @@ func newHTTPClient(conn *connEntry) (*http.Client, error) {
 	}, nil
 }
 
-// passwordGrant logs in with the connection's username and password.
-func (c *tokenClient) passwordGrant(ctx context.Context, scopes []string) (*tokenResponse, error) {
+// passwordGrant logs in with the connection's username and password, sending at most
+// requests requests (retrying transient failures).
+func (c *tokenClient) passwordGrant(ctx context.Context, scopes []string, requests int) (*tokenResponse, error) {
 	form := url.Values{}
 	for k, v := range c.conn.PasswordParams {
 		form.Set(k, v)
@@ -161,18 +178,18 @@ func (c *tokenClient) passwordGrant(ctx context.Context, scopes []string) (*toke
 	if len(scopes) > 0 {
 		form.Set("scope", strings.Join(scopes, " "))
 	}
-	return c.do(ctx, grantPassword, form)
+	return c.do(ctx, grantPassword, form, requests)
 }
 
-// refreshGrant trades a refresh token for new tokens.
-func (c *tokenClient) refreshGrant(ctx context.Context, refreshToken string) (*tokenResponse, error) {
+// refreshGrant trades a refresh token for new tokens, sending at most requests requests.
+func (c *tokenClient) refreshGrant(ctx context.Context, refreshToken string, requests int) (*tokenResponse, error) {
 	form := url.Values{}
 	for k, v := range c.conn.RefreshParams {
 		form.Set(k, v)
 	}
 	form.Set("grant_type", grantRefresh)
 	form.Set("refresh_token", refreshToken)
-	return c.do(ctx, grantRefresh, form)
+	return c.do(ctx, grantRefresh, form, requests)
 }
 
 // revoke asks the revocation endpoint (RFC 7009) to end a refresh token's session.
@@ -187,6 +204,11 @@ func (c *tokenClient) revoke(ctx context.Context, refreshToken string) error {
 	if err != nil {
 		return err
 	}
+	release, err := c.acquire(ctx)
+	if err != nil {
+		return fmt.Errorf("revocation request not sent: %s", describeNetError(err))
+	}
+	defer release()
 	resp, err := c.http.Do(req)
 	if err != nil {
 		return fmt.Errorf("revocation request failed: %s", describeNetError(err))
@@ -224,18 +246,31 @@ func (c *tokenClient) newRequest(ctx context.Context, endpoint string, form url.
 	return req, nil
 }
 
+// acquire takes one of the connection's request slots.
+func (c *tokenClient) acquire(ctx context.Context) (func(), error) {
+	if c.slots == nil {
+		return func() {}, nil
+	}
+	select {
+	case c.slots <- struct{}{}:
+		return func() { <-c.slots }, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
 // do sends one grant, retrying transient failures with jittered backoff inside the
-// connection's request_timeout.
-func (c *tokenClient) do(ctx context.Context, grant string, form url.Values) (*tokenResponse, error) {
+// connection's request_timeout, up to requests requests in all.
+func (c *tokenClient) do(ctx context.Context, grant string, form url.Values, requests int) (*tokenResponse, error) {
 	ctx, cancel := context.WithTimeout(ctx, c.conn.RequestTimeout)
 	defer cancel()
 	delay := firstRetryDelay
 	var waited time.Duration
-	for {
+	for sent := 1; ; sent++ {
 		started := c.now()
-		tok, err := c.once(ctx, grant, form, started)
+		tok, err := c.timed(ctx, grant, form, started)
 		var gerr *grantError
-		if err == nil || !errors.As(err, &gerr) || gerr.kind != failTransient {
+		if err == nil || !errors.As(err, &gerr) || gerr.kind != failTransient || sent >= requests {
 			return tok, err
 		}
 		wait := delay/2 + rand.N(delay)
@@ -256,6 +291,21 @@ func (c *tokenClient) do(ctx context.Context, grant string, form url.Values) (*t
 	}
 }
 
+// timed sends one request holding a slot and reports its outcome.
+func (c *tokenClient) timed(ctx context.Context, grant string, form url.Values, started time.Time) (*tokenResponse, error) {
+	release, err := c.acquire(ctx)
+	if err != nil {
+		return nil, &grantError{kind: failTransient, grant: grant, detail: "no request slot free within request_timeout (max_concurrent_requests)"}
+	}
+	begin := time.Now()
+	tok, err := c.once(ctx, grant, form, started)
+	release()
+	if c.observe != nil {
+		c.observe(grant, err, time.Since(begin))
+	}
+	return tok, err
+}
+
 // once sends one HTTP request and classifies its outcome.
 func (c *tokenClient) once(ctx context.Context, grant string, form url.Values, started time.Time) (*tokenResponse, error) {
 	// sent is set from the transport's goroutine once the request's headers are out:
@@ -271,12 +321,16 @@ func (c *tokenClient) once(ctx context.Context, grant string, form url.Values, s
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {
-		kind := failTransient
-		if sent.Load() {
-			kind = failAmbiguous
-		}
 		var cerr *tls.CertificateVerificationError
-		return nil, &grantError{kind: kind, grant: grant, detail: describeNetError(err), badCert: errors.As(err, &cerr)}
+		badCert := errors.As(err, &cerr)
+		kind := failTransient
+		switch {
+		case sent.Load():
+			kind = failAmbiguous
+		case badCert || permanentNetError(err):
+			kind = failPermanent
+		}
+		return nil, &grantError{kind: kind, grant: grant, detail: describeNetError(err), badCert: badCert}
 	}
 	defer resp.Body.Close()
 	body, err := io.ReadAll(io.LimitReader(resp.Body, maxResponseBytes+1))
@@ -295,8 +349,9 @@ func (c *tokenClient) once(ctx context.Context, grant string, form url.Values, s
 			parseErr = nil // no body: nothing to say about it
 		}
 		// The provider's text is quoted: take out what the request sent.
-		secrets := []string{form.Get("password"), form.Get("refresh_token"), form.Get("client_secret"), c.conn.ClientSecret}
-		return nil, errorResponse(grant, resp, fields, parseErr, secrets...)
+		r := newRedactor(form.Get("password"), form.Get("refresh_token"), form.Get("client_secret"), c.conn.ClientSecret, c.conn.Password)
+		// Retry-After dates are the provider's wall clock.
+		return nil, errorResponse(grant, resp, fields, parseErr, r, time.Now())
 	}
 	if parseErr != nil {
 		return nil, &grantError{kind: failAmbiguous, grant: grant, status: resp.StatusCode, detail: "unreadable token response: " + parseErr.Error()}
@@ -309,12 +364,12 @@ func (c *tokenClient) once(ctx context.Context, grant string, form url.Values, s
 }
 
 // errorResponse classifies a non-2xx answer, or a 2xx one that carries an OAuth2 error.
-// The provider's text is quoted without the secrets given and clipped to maxQuoted.
-func errorResponse(grant string, resp *http.Response, fields map[string]any, parseErr error, secrets ...string) *grantError {
+// The provider's text is quoted without the secrets of r and clipped to maxQuoted.
+func errorResponse(grant string, resp *http.Response, fields map[string]any, parseErr error, r redactor, now time.Time) *grantError {
 	e := &grantError{grant: grant, status: resp.StatusCode}
-	e.code, _ = fields["error"].(string)
-	e.description, _ = fields["error_description"].(string)
-	e.code, e.description = clip(redact(e.code, secrets...)), clip(redact(e.description, secrets...))
+	code, _ := fields["error"].(string)
+	description, _ := fields["error_description"].(string)
+	e.code, e.description = r.providerText(code, description)
 	if e.code == "" {
 		if parseErr != nil {
 			e.detail = fmt.Sprintf("token endpoint answered %s with a body that is not an OAuth2 error (%s)", http.StatusText(resp.StatusCode), mediaType(resp))
@@ -323,13 +378,15 @@ func errorResponse(grant string, resp *http.Response, fields map[string]any, par
 		}
 	}
 	switch {
+	case grant == grantRefresh && (resp.StatusCode == http.StatusBadGateway || resp.StatusCode == http.StatusGatewayTimeout):
+		// A gateway may have forwarded the refresh and lost the answer: the provider
+		// may have rotated the refresh token.
+		e.kind = failAmbiguous
 	case resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode >= 500:
 		e.kind = failTransient
-		e.retryAfter = parseRetryAfter(resp.Header.Get("Retry-After"), time.Now())
-	case resp.StatusCode/100 == 2:
-		// A 200 carrying an error: the provider did answer, so the grant was refused.
-		e.kind = failRejected
+		e.retryAfter = parseRetryAfter(resp.Header.Get("Retry-After"), now)
 	default:
+		// Any other answer, a 200 carrying an error included: the grant was refused.
 		e.kind = failRejected
 	}
 	return e
@@ -359,6 +416,25 @@ func (e *grantError) credentialsRejected() bool {
 		return true
 	}
 	return e.status == http.StatusUnauthorized
+}
+
+// clientRejected reports whether the provider refused the client rather than the
+// password.
+func (e *grantError) clientRejected() bool {
+	return e.kind == failRejected && (e.code == "invalid_client" || e.code == "unauthorized_client")
+}
+
+// refreshRefusedByConfiguration reports whether a refresh grant was refused for a
+// reason of the connection's configuration rather than a dead refresh token.
+func (e *grantError) refreshRefusedByConfiguration() bool {
+	if e.kind != failRejected {
+		return false
+	}
+	switch e.code {
+	case "invalid_request", "invalid_client", "unauthorized_client", "unsupported_grant_type":
+		return true
+	}
+	return false
 }
 
 func mediaType(resp *http.Response) string {
@@ -395,6 +471,21 @@ func describeNetError(err error) string {
 		return "connection closed before an answer came"
 	}
 	return err.Error()
+}
+
+// permanentNetError reports transport failures that a retry cannot change: a host name
+// that does not resolve, a TLS handshake with a server that does not speak TLS.
+func permanentNetError(err error) bool {
+	var dnsErr *net.DNSError
+	if errors.As(err, &dnsErr) && dnsErr.IsNotFound {
+		return true
+	}
+	var recErr tls.RecordHeaderError
+	if errors.As(err, &recErr) {
+		return true
+	}
+	var x509Err x509.UnknownAuthorityError
+	return errors.As(err, &x509Err)
 }
 
 // parseRetryAfter reads a Retry-After header: delay seconds or an HTTP date.
@@ -445,7 +536,7 @@ func parseBody(contentType string, body []byte) (map[string]any, error) {
 // tokenFromFields builds a token from a decoded body, per the expiry rules: expires_in,
 // then expires_at, then the access token's JWT exp claim, else five minutes.
 func tokenFromFields(fields map[string]any, started time.Time) (*tokenResponse, error) {
-	tok := &tokenResponse{}
+	tok := &tokenResponse{Started: started}
 	tok.AccessToken, _ = fields["access_token"].(string)
 	if tok.AccessToken == "" {
 		return nil, errors.New("no access_token in the response")
@@ -599,16 +690,4 @@ func isLoopback(host string) bool {
 	}
 	ip := net.ParseIP(host)
 	return ip != nil && ip.IsLoopback()
-}
-
-// sleepContext waits d or until ctx ends.
-func sleepContext(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
 }

@@ -110,7 +110,7 @@ func TestClient_RetriesTransientFailures(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			const timeout = 10 * time.Second
 			c := newTestClient(t, timeout, tc.handler)
-			_, err := c.passwordGrant(context.Background(), nil)
+			_, err := c.passwordGrant(context.Background(), nil, maxAttemptRequests)
 			if err == nil || err.Error() != tc.err {
 				t.Fatalf("error = %v, want %s", err, tc.err)
 			}
@@ -147,7 +147,7 @@ func TestClient_RetryStopsAtTheDeadline(t *testing.T) {
 		w.WriteHeader(http.StatusServiceUnavailable)
 	})
 	started := time.Now()
-	_, err := c.passwordGrant(context.Background(), nil)
+	_, err := c.passwordGrant(context.Background(), nil, maxAttemptRequests)
 	if err == nil || time.Since(started) > 3*time.Second {
 		t.Fatalf("error %v after %v", err, time.Since(started))
 	}
@@ -263,7 +263,7 @@ func TestClient_Classification(t *testing.T) {
 	for name, tc := range cases {
 		t.Run(name, func(t *testing.T) {
 			c := newTestClient(t, 10*time.Second, tc.handler)
-			_, err := c.passwordGrant(context.Background(), nil)
+			_, err := c.passwordGrant(context.Background(), nil, maxAttemptRequests)
 			var gerr *grantError
 			if !errors.As(err, &gerr) {
 				t.Fatalf("error %v is not a grant error", err)
@@ -293,7 +293,7 @@ func TestClient_RedirectIsNotFollowed(t *testing.T) {
 	})
 	// Trust the other server too: the redirect must not be followed even so.
 	c.conn.CACert += (&fakeProvider{srv: other}).caPEM()
-	_, err := c.refreshGrant(context.Background(), "rt-secret-value")
+	_, err := c.refreshGrant(context.Background(), "rt-secret-value", maxAttemptRequests)
 	if err == nil || !strings.Contains(err.Error(), "redirects are not followed") {
 		t.Fatalf("error = %v", err)
 	}
@@ -325,7 +325,7 @@ func TestClient_ProviderTextIsSafe(t *testing.T) {
 	for name, tc := range cases {
 		t.Run(name, func(t *testing.T) {
 			c := newTestClient(t, 10*time.Second, served(http.StatusBadRequest, "application/json", tc.body))
-			_, err := c.refreshGrant(context.Background(), rt)
+			_, err := c.refreshGrant(context.Background(), rt, maxAttemptRequests)
 			if err == nil || err.Error() != tc.err {
 				t.Fatalf("error:\n got %v\nwant %s", err, tc.err)
 			}

@@ -9,6 +9,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/json"
 	"encoding/pem"
 	"fmt"
 	"math/big"
@@ -42,6 +43,7 @@ type sessionWant struct {
 	failures  int
 	lastError string    // whole text, with the placeholders of expand
 	rejected  bool      // credentials_rejected_at set to the time of the failure
+	sent      bool      // the refresh token carries the write-ahead mark
 	at        time.Time // when the failure happened; zero: now
 }
 
@@ -74,16 +76,27 @@ func TestFaultMatrix(t *testing.T) {
 				lastError: "refresh_token grant failed: token endpoint answered Internal Server Error (HTTP 500)",
 			},
 		},
-		"500 while the cached token is still valid: served with a warning": {
+		"500 while the cached token is still valid: one request, served at once with a warning": {
 			renew:   true,
 			advance: 1199*time.Second - 30*time.Second,
 			hook:    reply("", http.StatusServiceUnavailable, "application/json", `{"error":"temporarily_unavailable"}`),
 			token:   "<old>",
 			warning: `served the current token, valid until {old_expiry}, because renewing it failed: could not get a token from connection "conn" ({url}): ` +
 				`refresh_token grant failed: temporarily_unavailable (HTTP 503); ` + adviceTransient,
-			calls:   map[string]int{grantRefresh: perPause, grantPassword: 0},
-			retried: true,
+			calls:   map[string]int{grantRefresh: 1, grantPassword: 0},
 			session: sessionWant{refresh: rtKept, failures: 1, lastError: "refresh_token grant failed: temporarily_unavailable (HTTP 503)"},
+		},
+		"502 from a gateway on refresh: the refresh token counts as spent": {
+			renew:   true,
+			hook:    reply(grantRefresh, http.StatusBadGateway, "text/html", "<html>502 Bad Gateway</html>"),
+			calls:   map[string]int{grantRefresh: 1, grantPassword: 1},
+			session: sessionWant{refresh: rtNewest},
+		},
+		"504 from a gateway on refresh: the refresh token counts as spent": {
+			renew:   true,
+			hook:    reply(grantRefresh, http.StatusGatewayTimeout, "text/plain", "upstream timed out"),
+			calls:   map[string]int{grantRefresh: 1, grantPassword: 1},
+			session: sessionWant{refresh: rtNewest},
 		},
 		"502 with an HTML body": {
 			hook: reply("", http.StatusBadGateway, "text/html; charset=utf-8", "<html><body><h1>502 Bad Gateway</h1></body></html>"),
@@ -95,11 +108,12 @@ func TestFaultMatrix(t *testing.T) {
 		},
 		"429 with Retry-After": {
 			renew: true,
-			// Retry-After 3s inside the 10s request_timeout: tries at 0, 3, 6 and 9s.
+			// Retry-After 3s inside the 10s request_timeout: three requests at 0, 3 and 6s,
+			// the most one attempt sends.
 			hook: reply("", http.StatusTooManyRequests, "application/json", `{"error":"slow_down","error_description":"too many requests"}`, "Retry-After", "3"),
 			err: `could not get a token from connection "conn" ({url}): refresh_token grant failed: slow_down: too many requests (HTTP 429); ` +
 				adviceTransient,
-			calls:   map[string]int{grantRefresh: 4, grantPassword: 0},
+			calls:   map[string]int{grantRefresh: 3, grantPassword: 0},
 			retried: true,
 			session: sessionWant{refresh: rtKept, failures: 1, lastError: "refresh_token grant failed: slow_down: too many requests (HTTP 429)"},
 		},
@@ -240,7 +254,7 @@ func TestFaultMatrix(t *testing.T) {
 		},
 		"password invalid_grant": {
 			arrange: func(t *testing.T, env *testEnv, p *fakeProvider) { p.setPassword("changed-at-the-provider") },
-			err:     rejectedError("password grant failed: invalid_grant: Invalid user credentials (HTTP 401)"),
+			err:     rejectedText("password grant failed: invalid_grant: Invalid user credentials (HTTP 401)"),
 			calls:   map[string]int{grantPassword: 1},
 			session: sessionWant{failures: 1, rejected: true, lastError: "password grant failed: invalid_grant: Invalid user credentials (HTTP 401)"},
 		},
@@ -252,25 +266,25 @@ func TestFaultMatrix(t *testing.T) {
 				p.setPassword("changed-at-the-provider")
 			},
 			token:   "<old>",
-			warning: "served the current token, valid until {old_expiry}, because renewing it failed: " + rejectedError("password grant failed: invalid_grant: Invalid user credentials (HTTP 401)"),
+			warning: "served the current token, valid until {old_expiry}, because renewing it failed: " + rejectedText("password grant failed: invalid_grant: Invalid user credentials (HTTP 401)"),
 			calls:   map[string]int{grantRefresh: 1, grantPassword: 1},
 			session: sessionWant{failures: 1, rejected: true, lastError: "password grant failed: invalid_grant: Invalid user credentials (HTTP 401)"},
 		},
 		"invalid_client": {
 			hook:    reply(grantPassword, http.StatusUnauthorized, "application/json", `{"error":"invalid_client","error_description":"Invalid client credentials"}`),
-			err:     rejectedError("password grant failed: invalid_client: Invalid client credentials (HTTP 401)"),
+			err:     clientRejectedText("password grant failed: invalid_client: Invalid client credentials (HTTP 401)"),
 			calls:   map[string]int{grantPassword: 1},
 			session: sessionWant{failures: 1, rejected: true, lastError: "password grant failed: invalid_client: Invalid client credentials (HTTP 401)"},
 		},
 		"unauthorized_client": {
 			hook:    reply(grantPassword, http.StatusBadRequest, "application/json", `{"error":"unauthorized_client"}`),
-			err:     rejectedError("password grant failed: unauthorized_client (HTTP 400)"),
+			err:     clientRejectedText("password grant failed: unauthorized_client (HTTP 400)"),
 			calls:   map[string]int{grantPassword: 1},
 			session: sessionWant{failures: 1, rejected: true, lastError: "password grant failed: unauthorized_client (HTTP 400)"},
 		},
 		"HTTP 401 without an OAuth2 body": {
 			hook: reply(grantPassword, http.StatusUnauthorized, "text/plain", ""),
-			err:  rejectedError("password grant failed: token endpoint answered Unauthorized (HTTP 401)"),
+			err:  rejectedText("password grant failed: token endpoint answered Unauthorized (HTTP 401)"),
 			calls: map[string]int{
 				grantPassword: 1,
 			},
@@ -300,15 +314,28 @@ func TestFaultMatrix(t *testing.T) {
 			err: `could not get a token from connection "conn" ({url}): refresh_token grant failed: tls: failed to verify certificate: x509: certificate signed by unknown authority; ` +
 				adviceCertificate,
 			calls:   map[string]int{grantRefresh: 0, grantPassword: 0},
-			retried: true,
 			session: sessionWant{refresh: rtKept, failures: 1, lastError: "refresh_token grant failed: tls: failed to verify certificate: x509: certificate signed by unknown authority"},
 		},
-		"storage write failure after a refresh": {
+		"storage down: the refresh token is not presented": {
 			renew:   true,
 			arrange: func(t *testing.T, env *testEnv, p *fakeProvider) { env.storage.failPuts.Store(true) },
+			err:     `role "app": the refresh token was not presented because storage could not record that it is in use: writing tokens/app: storage unavailable (test)`,
+			calls:   map[string]int{grantRefresh: 0, grantPassword: 0},
+			session: sessionWant{refresh: rtKept}, // storage still holds the state before the read
+		},
+		"storage fails after the refresh was sent: the spent refresh token stays marked": {
+			renew: true,
+			hook: func(p *fakeProvider) hookFunc {
+				return func(w http.ResponseWriter, r *http.Request, form url.Values) bool {
+					if form.Get("grant_type") == grantRefresh {
+						p.failStorage.Store(true)
+					}
+					return false
+				}
+			},
 			err:     `role "app": a new token was obtained but could not be saved; it is kept in memory and saved at the next chance: writing tokens/app: storage unavailable (test)`,
 			calls:   map[string]int{grantRefresh: 1, grantPassword: 0},
-			session: sessionWant{refresh: rtKept}, // storage still holds the state before the read
+			session: sessionWant{refresh: rtKept, sent: true}, // the mark written before the refresh
 		},
 	}
 	for name, tc := range cases {
@@ -326,6 +353,7 @@ func TestFaultMatrix(t *testing.T) {
 			if tc.arrange != nil {
 				tc.arrange(t, env, p)
 			}
+			p.failStorage = &env.storage.failPuts
 			if tc.hook != nil {
 				p.setHook(tc.hook(p))
 			}
@@ -367,7 +395,7 @@ func TestFaultMatrix(t *testing.T) {
 			want.lastError = expand(want.lastError)
 			switch want.refresh {
 			case rtKept:
-				want.refresh = before.RefreshToken
+				want.refresh = before.Tokens.RefreshToken
 			case rtNewest:
 				want.refresh = p.newest()
 			}
@@ -391,8 +419,16 @@ const (
 // netReset is how a connection reset after the request was sent reads.
 const netReset = "connection reset before an answer came"
 
-// rejectedError is the error of a read whose password grant the provider just rejected.
-func rejectedError(cause string) string {
+// clientRejectedText is the error of a read whose password grant the provider just
+// rejected as coming from an unknown client.
+func clientRejectedText(cause string) string {
+	return `connection "conn": the provider rejected the OAuth2 client "100": ` + cause +
+		`; to protect the account from lockout no login is tried before {now+15m}: check the client's client_id, client_secret and client_auth at the provider, ` +
+		`then update them with vault write bearer/config/conn client_id=<id> client_secret=<secret> client_auth=<body or basic>`
+}
+
+// rejectedText is the error of a read whose password grant the provider just rejected.
+func rejectedText(cause string) string {
 	return `connection "conn" rejected the credentials of user "alice@example.com": ` + cause +
 		`; to protect the account from lockout no login is tried before {now+15m}: update the credentials with vault write bearer/config/conn password=<new password> (or client_secret=<new secret>)`
 }
@@ -550,22 +586,38 @@ func (e *testEnv) recordPauses() *pauseLog {
 	return l
 }
 
-// storedSession reads tokens/<role> from storage; an empty entry when there is none.
-func (e *testEnv) storedSession(tb testing.TB, role string) *tokenEntry {
+// storedRejection reads the rejection recorded for a connection; nil when none.
+func (e *testEnv) storedRejection(tb testing.TB, conn string) *rejection {
 	tb.Helper()
-	st := new(tokenEntry)
-	if _, err := getJSON(context.Background(), e.storage.Storage, tokenPrefix+role, st); err != nil {
+	a := new(accountEntry)
+	if _, err := getJSON(context.Background(), e.storage.Storage, accountPrefix+conn, a); err != nil {
 		tb.Fatal(err)
 	}
-	return st
+	return a.Rejection
+}
+
+// storedSession reads tokens/<role> from storage; an empty entry when there is none.
+func (e *testEnv) storedSession(tb testing.TB, role string) *sessionEntry {
+	tb.Helper()
+	sess, _, err := readSession(context.Background(), e.storage.Storage, role)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if sess == nil {
+		sess = &sessionEntry{}
+	}
+	return sess
 }
 
 // assertSession checks the stored session of a role and what a role read shows of it.
 func (e *testEnv) assertSession(tb testing.TB, role string, want sessionWant) {
 	tb.Helper()
 	st := e.storedSession(tb, role)
-	if st.RefreshToken != want.refresh {
-		tb.Errorf("stored refresh token = %q, want %q", st.RefreshToken, want.refresh)
+	if st.Tokens.RefreshToken != want.refresh {
+		tb.Errorf("stored refresh token = %q, want %q", st.Tokens.RefreshToken, want.refresh)
+	}
+	if sent := !st.Tokens.RefreshSentAt.IsZero(); sent != want.sent {
+		tb.Errorf("stored refresh token marked as sent: %v, want %v", sent, want.sent)
 	}
 	data := e.mustOK(tb, logical.ReadOperation, "roles/"+role, nil).Data
 	now := formatTime(cmp.Or(want.at, e.clock.Now()))
@@ -584,11 +636,11 @@ func (e *testEnv) assertSession(tb testing.TB, role string, want sessionWant) {
 			tb.Errorf("role %s = %#v, want %#v", k, data[k], v)
 		}
 	}
-	if st.LastError != want.lastError || st.ConsecutiveFailures != want.failures {
-		tb.Errorf("stored failure record = %q x%d, want %q x%d", st.LastError, st.ConsecutiveFailures, want.lastError, want.failures)
+	if st.Failure.LastError != want.lastError || st.Failure.Failures != want.failures {
+		tb.Errorf("stored failure record = %q x%d, want %q x%d", st.Failure.LastError, st.Failure.Failures, want.lastError, want.failures)
 	}
-	if want.rejected != !st.CredentialsRejectedAt.IsZero() {
-		tb.Errorf("stored credentials_rejected_at = %v, want set: %v", st.CredentialsRejectedAt, want.rejected)
+	if rej := e.storedRejection(tb, "conn"); want.rejected != (rej != nil) {
+		tb.Errorf("stored rejection of the connection = %+v, want one: %v", rej, want.rejected)
 	}
 }
 
@@ -621,7 +673,30 @@ func errorText(resp *logical.Response, err error) string {
 	case resp != nil && resp.IsError():
 		return resp.Error().Error()
 	}
+	if status, msg := rawErrorOf(resp); status != 0 {
+		return msg
+	}
 	return ""
+}
+
+// rawErrorOf reads an error answer with its own status (rawError): its status and its
+// one message; 0 when resp is not one.
+func rawErrorOf(resp *logical.Response) (int, string) {
+	if resp == nil || resp.Data == nil {
+		return 0, ""
+	}
+	status, ok := resp.Data[logical.HTTPStatusCode].(int)
+	if !ok {
+		return 0, ""
+	}
+	var body struct {
+		Errors []string `json:"errors"`
+	}
+	raw, _ := resp.Data[logical.HTTPRawBody].([]byte)
+	if err := json.Unmarshal(raw, &body); err != nil || len(body.Errors) != 1 {
+		return status, fmt.Sprintf("malformed raw error body %q", raw)
+	}
+	return status, body.Errors[0]
 }
 
 // checkToken checks a successful creds read: the token wanted ("<old>": the one in
@@ -657,6 +732,8 @@ func TestFaults_RejectedCredentialsBackoff(t *testing.T) {
 		hook  hookFunc // makes the provider reject the connection's current credentials
 		fix   map[string]any
 		cause string
+		// client: the provider rejects the client, not the password
+		client bool
 		// extra password grants the fix makes (a verifying write logs in once)
 		fixLogins int
 	}{
@@ -678,15 +755,20 @@ func TestFaults_RejectedCredentialsBackoff(t *testing.T) {
 				oauthError(w, http.StatusUnauthorized, "invalid_client", "Invalid client credentials")
 				return true
 			},
-			fix:   map[string]any{"client_secret": newSecret, "verify": false},
-			cause: "password grant failed: invalid_client: Invalid client credentials (HTTP 401)",
+			fix:    map[string]any{"client_secret": newSecret, "verify": false},
+			cause:  "password grant failed: invalid_client: Invalid client credentials (HTTP 401)",
+			client: true,
 		},
 	}
 	for name, tc := range cases {
 		t.Run(name, func(t *testing.T) {
 			env := getTestBackend(t)
 			p := newFakeProvider(t, "mindbaz", env.clock)
-			env.setup(t, p, tc.conn, nil)
+			conn := map[string]any{"verify": false} // no spare session: the first read logs in
+			for k, v := range tc.conn {
+				conn[k] = v
+			}
+			env.setup(t, p, conn, nil)
 			start := env.clock.Now()
 			if tc.hook == nil { // the account's password changes at the provider
 				p.setPassword(newPassword)
@@ -716,20 +798,19 @@ func TestFaults_RejectedCredentialsBackoff(t *testing.T) {
 				if !tried && env.storage.puts.Load() != puts {
 					t.Errorf("read %d wrote to storage without trying the provider", i)
 				}
-				if !strings.HasPrefix(msg, `connection "conn" rejected the credentials of user "alice@example.com"`) ||
-					!strings.HasSuffix(msg, "update the credentials with vault write bearer/config/conn password=<new password> (or client_secret=<new secret>)") {
+				what, fix := rejectedParts(tc.client)
+				if !strings.HasPrefix(msg, what) || !strings.HasSuffix(msg, fix) {
 					t.Fatalf("read %d: error %q does not name the connection and what to do", i, msg)
 				}
 				switch i {
 				case 0: // the attempt itself
-					if want := rejectedMessage(tc.cause, now.Add(15*time.Minute)); msg != want {
+					if want := fmt.Sprintf("%s: %s; to protect the account from lockout no login is tried before %s: %s", what, tc.cause, formatTime(now.Add(15*time.Minute)), fix); msg != want {
 						t.Errorf("first error:\n got %s\nwant %s", msg, want)
 					}
 				case 1, 2, 500: // blocked by the backoff
 					allowed := map[int]time.Duration{1: 15 * time.Minute, 2: 15 * time.Minute, 500: 45 * time.Minute}[i]
-					want := fmt.Sprintf(`connection "conn" rejected the credentials of user "alice@example.com" at %s (%s); `+
-						`to protect the account from lockout no login is tried before %s: update the credentials with vault write bearer/config/conn password=<new password> (or client_secret=<new secret>)`,
-						formatTime(rejectedAt), tc.cause, formatTime(start.Add(allowed)))
+					want := fmt.Sprintf("%s at %s (%s); to protect the account from lockout no login is tried before %s: %s",
+						what, formatTime(rejectedAt), tc.cause, formatTime(start.Add(allowed)), fix)
 					if msg != want {
 						t.Errorf("read %d:\n got %s\nwant %s", i, msg, want)
 					}
@@ -782,6 +863,17 @@ func newSession(tb testing.TB) (*testEnv, *fakeProvider, *pauseLog, map[string]a
 	return env, p, pauses, env.readCreds(tb, "app").Data
 }
 
+// rejectedParts are the beginning and the end of the errors of a connection "conn"
+// whose password (or, with client, whose client) the provider rejected.
+func rejectedParts(client bool) (what, fix string) {
+	if client {
+		return `connection "conn": the provider rejected the OAuth2 client "100"`,
+			"check the client's client_id, client_secret and client_auth at the provider, then update them with vault write bearer/config/conn client_id=<id> client_secret=<secret> client_auth=<body or basic>"
+	}
+	return `connection "conn" rejected the credentials of user "alice@example.com"`,
+		"update the credentials with vault write bearer/config/conn password=<new password> (or client_secret=<new secret>)"
+}
+
 // rejectedMessage is the error of a read whose password grant was rejected.
 func rejectedMessage(cause string, allowed time.Time) string {
 	return fmt.Sprintf(`connection "conn" rejected the credentials of user "alice@example.com": %s; `+
@@ -791,7 +883,7 @@ func rejectedMessage(cause string, allowed time.Time) string {
 
 func TestFaults_AmbiguousRefreshIsNeverReplayed(t *testing.T) {
 	env, p, _, _ := newSession(t)
-	used := env.storedSession(t, "app").RefreshToken
+	used := env.storedSession(t, "app").Tokens.RefreshToken
 	env.clock.Add(p.accessTTL)
 
 	// The provider rotates the refresh token and the connection drops before the
@@ -812,8 +904,8 @@ func TestFaults_AmbiguousRefreshIsNeverReplayed(t *testing.T) {
 		t.Errorf("error:\n got %s\nwant %s", msg, want)
 	}
 	// The spent refresh token is gone from storage, so a restart cannot bring it back.
-	if st := env.storedSession(t, "app"); st.RefreshToken != "" || st.LastError == "" {
-		t.Errorf("stored refresh token %q, last error %q: want none and the failure", st.RefreshToken, st.LastError)
+	if st := env.storedSession(t, "app"); st.Tokens.RefreshToken != "" || st.Failure.LastError == "" {
+		t.Errorf("stored refresh token %q, last error %q: want none and the failure", st.Tokens.RefreshToken, st.Failure.LastError)
 	}
 	if logs := env.logs.String(); !strings.Contains(logs, `reason="refresh_token grant failed: connection reset before an answer came"`) {
 		t.Errorf("the spent refresh token was not logged with its reason:\n%s", logs)
@@ -822,6 +914,7 @@ func TestFaults_AmbiguousRefreshIsNeverReplayed(t *testing.T) {
 	env.start(t)
 	p.setHook(nil)
 	refreshes, logins := p.calls(grantRefresh), p.calls(grantPassword)
+	env.clock.Add(retryInterval) // the failed attempt's retry window, kept across the restart
 	env.readCreds(t, "app")
 	if p.calls(grantRefresh) != refreshes || p.calls(grantPassword) != logins+1 {
 		t.Errorf("after a restart: %d refresh and %d password grants, want 0 and 1", p.calls(grantRefresh)-refreshes, p.calls(grantPassword)-logins)
@@ -848,7 +941,7 @@ func TestFaults_AmbiguousRefreshIsNeverReplayed(t *testing.T) {
 func TestFaults_TransientFailuresAreRateLimited(t *testing.T) {
 	env, p, pauses, first := newSession(t)
 	expiry := env.clock.Now().Add(p.accessTTL)
-	env.clock.Add(p.accessTTL - 30*time.Second) // under min_ttl, still valid
+	env.clock.Add(p.accessTTL - 50*time.Second) // under min_ttl, still valid
 	p.setHook(reply("", http.StatusServiceUnavailable, "application/json", `{"error":"temporarily_unavailable","error_description":"down for maintenance"}`)(p))
 	cause := `could not get a token from connection "conn" (` + p.tokenURL() + `): refresh_token grant failed: temporarily_unavailable: down for maintenance (HTTP 503); ` + adviceTransient
 	staleWarning := func(suffix string) string {
@@ -868,11 +961,13 @@ func TestFaults_TransientFailuresAreRateLimited(t *testing.T) {
 		}
 		return p.calls("") - calls
 	}
+	// A read that holds a valid token makes one request, no retry, and is served at once.
 	start := env.clock.Now()
 	pauses.reset()
-	if n := read(staleWarning("")); n != 1+pauses.len() || n < 2 {
-		t.Errorf("first failing read made %d calls with %d retry pauses", n, pauses.len())
+	if n := read(staleWarning("")); n != 1 || pauses.len() != 0 {
+		t.Errorf("first failing read made %d calls with %d retry pauses, want 1 and none", n, pauses.len())
 	}
+	// The retry window starts at the end of the attempt and doubles: 5 s, then 10 s.
 	for range 4 {
 		env.clock.Add(time.Second)
 		if n := read(staleWarning("; the next attempt is allowed at " + formatTime(start.Add(5*time.Second)))); n != 0 {
@@ -880,14 +975,17 @@ func TestFaults_TransientFailuresAreRateLimited(t *testing.T) {
 		}
 	}
 	env.clock.Add(time.Second)
-	pauses.reset()
-	if n := read(staleWarning("")); n != 1+pauses.len() {
+	if n := read(staleWarning("")); n != 1 {
 		t.Errorf("the read 5s after the failed attempt made %d calls, want a new attempt", n)
+	}
+	second := env.clock.Now()
+	env.clock.Add(9 * time.Second)
+	if n := read(staleWarning("; the next attempt is allowed at " + formatTime(second.Add(10*time.Second)))); n != 0 {
+		t.Errorf("a read 9s after the second failure made %d calls, want none (window 10s)", n)
 	}
 
 	// Concurrent readers at a due attempt: one attempt reaches the provider.
-	env.clock.Add(5 * time.Second)
-	pauses.reset()
+	env.clock.Add(time.Second)
 	calls := p.calls("")
 	var wg sync.WaitGroup
 	for range 20 {
@@ -900,40 +998,44 @@ func TestFaults_TransientFailuresAreRateLimited(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	if n := p.calls("") - calls; n != 1+pauses.len() {
-		t.Errorf("20 concurrent reads made %d calls with %d retry pauses: want one attempt", n, pauses.len())
+	if n := p.calls("") - calls; n != 1 {
+		t.Errorf("20 concurrent reads made %d calls: want one attempt", n)
 	}
 	state := env.mustOK(t, logical.ReadOperation, "roles/app", nil).Data
 	if state["consecutive_failures"] != 3 || state["last_error"] != "refresh_token grant failed: temporarily_unavailable: down for maintenance (HTTP 503)" ||
-		state["last_error_at"] != formatTime(env.clock.Now()) {
+		state["last_error_at"] != formatTime(env.clock.Now()) || state["next_attempt_at"] != formatTime(env.clock.Now().Add(20*time.Second)) {
 		t.Errorf("role state: %v", state)
 	}
 
-	// Once the token has expired the failure is an error, still rate limited.
-	env.clock.Add(30 * time.Second)
-	msg := env.mustFail(t, logical.ReadOperation, "creds/app", nil)
-	if msg != cause {
-		t.Errorf("error:\n got %s\nwant %s", msg, cause)
+	// Once the token has expired the failure is an error, still rate limited; that
+	// attempt may retry (nothing else can be served).
+	advanceTo(env.clock, expiry)
+	env.clock.Add(time.Second)
+	pauses.reset()
+	calls = p.calls("")
+	if msg := env.mustFail(t, logical.ReadOperation, "creds/app", nil); msg != cause || p.calls("")-calls != 1+pauses.len() || pauses.len() == 0 {
+		t.Errorf("the attempt with an expired token (%d calls, %d pauses): %s", p.calls("")-calls, pauses.len(), msg)
 	}
 	env.clock.Add(time.Second)
 	calls = p.calls("")
-	if msg := env.mustFail(t, logical.ReadOperation, "creds/app", nil); msg != cause+"; the next attempt is allowed at "+formatTime(env.clock.Now().Add(4*time.Second)) || p.calls("") != calls {
+	if msg := env.mustFail(t, logical.ReadOperation, "creds/app", nil); msg != cause+"; the next attempt is allowed at "+formatTime(env.clock.Now().Add(39*time.Second)) || p.calls("") != calls {
 		t.Errorf("rate-limited error (%d calls): %s", p.calls("")-calls, msg)
 	}
 	resp, err := env.request(t, logical.ReadOperation, "creds/app", nil)
-	if coded, ok := err.(logical.HTTPCodedError); resp != nil || !ok || coded.Code() != http.StatusBadGateway {
+	if status, _ := rawErrorOf(resp); err != nil || status != http.StatusBadGateway {
 		t.Errorf("a provider failure is not a 502: %v %v", resp, err)
 	}
 
-	// Recovery: the next attempt succeeds and the failure count resets.
-	env.clock.Add(5 * time.Second)
+	// Recovery: the next attempt succeeds, the failure record is cleared.
+	env.clock.Add(40 * time.Second)
 	p.setHook(nil)
 	resp = env.readCreds(t, "app")
 	if len(resp.Warnings) != 0 || resp.Data["access_token"] == first["access_token"] {
 		t.Errorf("recovery: warnings %v, token renewed: %v", resp.Warnings, resp.Data["access_token"] != first["access_token"])
 	}
 	state = env.mustOK(t, logical.ReadOperation, "roles/app", nil).Data
-	if state["consecutive_failures"] != 0 || state["last_grant"] != grantRefresh {
+	if state["consecutive_failures"] != 0 || state["last_grant"] != grantRefresh || state["last_error"] != "" || state["next_attempt_at"] != "" ||
+		state["last_success_at"] != formatTime(env.clock.Now()) {
 		t.Errorf("role state after recovery: %v", state)
 	}
 	assertNoSecrets(t, "logs", env.logs.String(), append([]string{testPassword}, p.refreshTokens()...)...)
@@ -985,28 +1087,34 @@ func TestFaults_StorageWriteFailure(t *testing.T) {
 		"saved by the periodic function": {
 			recover: func(t *testing.T, env *testEnv) {
 				env.clock.Add(time.Minute)
-				if err := env.b.PeriodicFunc(context.Background(), &logical.Request{Storage: env.storage}); err != nil {
-					t.Fatal(err)
-				}
+				env.runPeriodic(t)
 			},
 		},
 	}
 	for name, tc := range cases {
 		t.Run(name, func(t *testing.T) {
 			env, p, _, _ := newSession(t)
-			used := env.storedSession(t, "app").RefreshToken
+			used := env.storedSession(t, "app").Tokens.RefreshToken
 			env.clock.Add(p.accessTTL)
 
-			env.storage.failPuts.Store(true)
+			// Storage fails while the refresh is at the provider: the write-ahead mark is
+			// stored, the new session is not.
+			p.setHook(func(_ http.ResponseWriter, _ *http.Request, form url.Values) bool {
+				if form.Get("grant_type") == grantRefresh {
+					env.storage.failPuts.Store(true)
+				}
+				return false
+			})
 			saveErr := `role "app": a new token was obtained but could not be saved; it is kept in memory and saved at the next chance: writing tokens/app: storage unavailable (test)`
 			resp, err := env.request(t, logical.ReadOperation, "creds/app", nil)
 			if resp != nil || err == nil || err.Error() != saveErr {
 				t.Fatalf("read with storage down: %v %v", resp, err)
 			}
-			if _, coded := err.(logical.HTTPCodedError); coded {
+			if status, _ := rawErrorOf(resp); status != 0 {
 				t.Error("a storage failure is reported as a provider failure")
 			}
 			refreshed := p.newest()
+			p.setHook(nil) // storage stays down until the test brings it back
 
 			// Storage is still down: the token kept in memory is served, with a warning.
 			calls := p.calls("")
@@ -1027,15 +1135,15 @@ func TestFaults_StorageWriteFailure(t *testing.T) {
 			if got := p.lastRequest(t).form.Get("refresh_token"); got != refreshed {
 				t.Errorf("the renewal presented %q, want the unsaved %q", got, refreshed)
 			}
-			if st := env.storedSession(t, "app"); st.RefreshToken != used {
+			if st := env.storedSession(t, "app"); st.Tokens.RefreshToken != used {
 				t.Fatal("storage changed while it was failing")
 			}
 
 			env.storage.failPuts.Store(false)
 			calls = p.calls("")
 			tc.recover(t, env)
-			if st := env.storedSession(t, "app"); st.RefreshToken != p.newest() || st.LastGrant != grantRefresh {
-				t.Errorf("stored refresh token %q after recovery, want the newest %q", st.RefreshToken, p.newest())
+			if st := env.storedSession(t, "app"); st.Tokens.RefreshToken != p.newest() || st.Tokens.Grant != grantRefresh {
+				t.Errorf("stored refresh token %q after recovery, want the newest %q", st.Tokens.RefreshToken, p.newest())
 			}
 			if p.calls("") != calls {
 				t.Error("saving the kept session called the provider")
@@ -1046,8 +1154,8 @@ func TestFaults_StorageWriteFailure(t *testing.T) {
 			env.start(t) // a restart serves what was saved
 			env.clock.Add(p.accessTTL)
 			env.readCreds(t, "app")
-			if p.calls(grantPassword) != 2 {
-				t.Errorf("password grants = %d, want only the verification and the first read", p.calls(grantPassword))
+			if p.calls(grantPassword) != 1 {
+				t.Errorf("password grants = %d, want only the verification, whose session the first read took", p.calls(grantPassword))
 			}
 			p.assertNoRefreshReuse(t)
 			assertNoSecrets(t, "logs", env.logs.String(), append([]string{testPassword}, p.refreshTokens()...)...)
@@ -1079,7 +1187,7 @@ func advanceTo(c *testClock, t time.Time) {
 func TestFaults_RejectionHoldsBackEveryRoleOfTheConnection(t *testing.T) {
 	env := getTestBackend(t)
 	p := newFakeProvider(t, "mindbaz", env.clock)
-	env.setup(t, p, nil, nil)
+	env.setup(t, p, map[string]any{"verify": false}, nil)
 	env.mustOK(t, logical.UpdateOperation, "roles/app2", map[string]any{"config": "conn"})
 	start := env.clock.Now()
 	p.setPassword("rotated-elsewhere")

@@ -70,7 +70,7 @@ func FuzzParseTokenResponse(f *testing.F) {
 
 		status = 100 + abs(status)%500
 		resp := &http.Response{StatusCode: status, Header: http.Header{"Content-Type": {contentType}}}
-		gerr := errorResponse(grantRefresh, resp, fields, parseErr, fuzzSecret)
+		gerr := errorResponse(grantRefresh, resp, fields, parseErr, newRedactor(fuzzSecret), time.Now())
 		msg := gerr.Error()
 		if !strings.HasPrefix(msg, "refresh_token grant failed: ") || !strings.HasSuffix(msg, " (HTTP "+strconv.Itoa(status)+")") {
 			t.Errorf("error %q does not say the grant and the status", msg)

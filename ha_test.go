@@ -174,6 +174,11 @@ func TestHA_ReadOnlyNodes(t *testing.T) {
 			}
 			calls := p.calls("")
 
+			// The first read of a token goes to the active node, which then knows the
+			// token is in use; the next ones are served here.
+			if _, err := node.request(t, logical.ReadOperation, "creds/app", nil); !errors.Is(err, logical.ErrReadOnly) {
+				t.Errorf("the first read of the token: %v, want ErrReadOnly", err)
+			}
 			if got := node.readCreds(t, "app").Data["access_token"]; got != first {
 				t.Error("the node did not serve the stored token")
 			}
@@ -184,8 +189,8 @@ func TestHA_ReadOnlyNodes(t *testing.T) {
 
 			active.clock.Add(p.accessTTL - 100*time.Second) // past the renewal point
 			node.runPeriodic(t)
-			if node.storage.ops() != ops || node.b.sched.len() != 0 {
-				t.Errorf("the periodic function made %d storage operations and scheduled %d roles", node.storage.ops()-ops, node.b.sched.len())
+			if node.storage.ops() != ops || node.b.bg.sched.len() != 0 {
+				t.Errorf("the periodic function made %d storage operations and scheduled %d roles", node.storage.ops()-ops, node.b.bg.sched.len())
 			}
 
 			active.clock.Add(100*time.Second + time.Second) // expired
@@ -223,6 +228,9 @@ func TestHA_ReadOnlyNodes(t *testing.T) {
 			// as an invalidation.
 			renewed := active.readCreds(t, "app").Data["access_token"]
 			node.b.InvalidateKey(ctx, tokenPrefix+"app")
+			if _, err := node.request(t, logical.ReadOperation, "creds/app", nil); !errors.Is(err, logical.ErrReadOnly) {
+				t.Errorf("the first read of the new token: %v, want ErrReadOnly", err)
+			}
 			if got := node.readCreds(t, "app").Data["access_token"]; got != renewed || got == first {
 				t.Error("after the invalidation the node did not serve the active node's new token")
 			}
@@ -310,7 +318,7 @@ func TestHA_InvalidateKeepsCachesCoherent(t *testing.T) {
 				active.mustOK(t, logical.UpdateOperation, "creds/app", nil)
 			},
 			check: func(t *testing.T, other *testEnv) {
-				if rc, ok := other.b.cacheLoaded("app"); !ok || rc.role.MinTTL != 300*time.Second {
+				if v := other.b.roleState("app").view.Load(); v == nil || v.role.MinTTL != 300*time.Second {
 					t.Error("the cached role is not the changed one")
 				}
 			},
@@ -330,8 +338,7 @@ func TestHA_InvalidateKeepsCachesCoherent(t *testing.T) {
 				active.mustOK(t, logical.UpdateOperation, "creds/app", nil)
 			},
 			check: func(t *testing.T, other *testEnv) {
-				v, ok := other.b.conns.Load("conn")
-				if !ok || v.(*connEntry).Password != newPassword {
+				if e := other.b.connState("conn").cached(); e == nil || e.Password != newPassword {
 					t.Error("the cached connection does not hold the new password")
 				}
 			},
@@ -341,11 +348,12 @@ func TestHA_InvalidateKeepsCachesCoherent(t *testing.T) {
 				active.mustOK(t, logical.UpdateOperation, "config/conn", map[string]any{"token_url": p.tokenURL() + "?tenant=2", "verify": false})
 			},
 			check: func(t *testing.T, other *testEnv) {
-				v, ok := other.b.conns.Load("conn")
-				if !ok || !strings.HasSuffix(v.(*connEntry).TokenURL, "?tenant=2") {
+				cs := other.b.connState("conn")
+				e := cs.cached()
+				if e == nil || !strings.HasSuffix(e.TokenURL, "?tenant=2") {
 					t.Error("the cached connection is not the changed one")
 				}
-				if c, ok := other.b.clients.Load("conn"); ok && c.(*tokenClient).conn != v.(*connEntry) {
+				if c := cs.client; c != nil && c.conn != e {
 					t.Error("the cached HTTP client was built for the old connection")
 				}
 			},
@@ -404,9 +412,9 @@ func TestHA_InvalidationReschedules(t *testing.T) {
 	sim.reads = 1 // no reads: the session stays idle
 	sim.run(t, 8*24*time.Hour)
 	other.readCreds(t, "app")
-	if sim.tickCalls[0] == 0 || p.calls(grantPassword) != 1 {
+	if sim.backgroundCalls() == 0 || p.calls(grantPassword) != 1 {
 		t.Errorf("the node's background made %d provider calls and the session %d logins; want its keep-alive and 1 login",
-			sim.tickCalls[0], p.calls(grantPassword))
+			sim.backgroundCalls(), p.calls(grantPassword))
 	}
 }
 
@@ -465,8 +473,8 @@ func TestHA_CleanDropsScheduleAndCaches(t *testing.T) {
 	p := withMindbaz(t, env, 0, nil, nil)
 	tok := env.readCreds(t, "app").Data["access_token"]
 	env.runPeriodic(t)
-	if env.b.sched.len() != 1 {
-		t.Fatalf("schedule holds %d roles before Clean", env.b.sched.len())
+	if env.b.bg.sched.len() != 1 {
+		t.Fatalf("schedule holds %d roles before Clean", env.b.bg.sched.len())
 	}
 
 	env.b.Cleanup(context.Background())
@@ -475,13 +483,13 @@ func TestHA_CleanDropsScheduleAndCaches(t *testing.T) {
 		m.Range(func(any, any) bool { n++; return true })
 		return n
 	}
-	env.b.sched.mu.Lock()
-	built := env.b.sched.built
-	env.b.sched.mu.Unlock()
-	if built || env.b.sched.len() != 0 {
-		t.Errorf("after Clean the schedule is built=%v with %d roles", built, env.b.sched.len())
+	env.b.bg.sched.mu.Lock()
+	built := env.b.bg.sched.built
+	env.b.bg.sched.mu.Unlock()
+	if built || env.b.bg.sched.len() != 0 {
+		t.Errorf("after Clean the schedule is built=%v with %d roles", built, env.b.bg.sched.len())
 	}
-	if n := count(&env.b.cache) + count(&env.b.conns) + count(&env.b.clients); n != 0 {
+	if n := count(&env.b.roles) + count(&env.b.conns); n != 0 {
 		t.Errorf("after Clean the caches hold %d entries", n)
 	}
 
@@ -490,7 +498,7 @@ func TestHA_CleanDropsScheduleAndCaches(t *testing.T) {
 		t.Error("after Clean the stored token was not served")
 	}
 	env.runPeriodic(t)
-	if env.storage.lists.Load() != lists+1 || env.b.sched.len() != 1 {
+	if env.storage.lists.Load() != lists+1 || env.b.bg.sched.len() != 1 {
 		t.Error("after Clean the periodic function did not build the schedule again")
 	}
 }
@@ -502,26 +510,31 @@ func TestHA_FailoverKeepsSession(t *testing.T) {
 	const day = 6 * time.Hour
 	env := getTestBackend(t)
 	p := withMindbaz(t, env, 20*time.Minute, nil, nil)
+	start := env.clock.Now()
 	sim := newSchedSim(p, time.Second, time.Minute, env)
 	sim.run(t, 2*time.Hour+7*time.Minute)
 	env.start(t) // the new active node
 	sim.run(t, day-sim.elapsed)
 
 	role := &roleEntry{MinTTL: defaultMinTTL, BackgroundRefresh: true}
-	ideal := idealRenewals(role, p.accessTTL, time.Minute, day)
+	ideal := idealRenewals("app", role, p.accessTTL, start, day)
 	if p.calls(grantPassword) != 1 || p.calls(grantRefresh) != ideal || sim.readCalls != 0 {
 		t.Errorf("logins %d, refreshes %d (ideal %d), calls inside reads %d; want 1, ideal, 0",
 			p.calls(grantPassword), p.calls(grantRefresh), ideal, sim.readCalls)
 	}
 }
 
-// TestHA_StandbyServesReads: an active node and a performance standby share the reads
-// for hours. The standby serves every read itself (no forwarding, no provider call, no
-// storage write): the active node's background renewals reach it as invalidations.
+// TestHA_StandbyServesReads: reads arrive only through a performance standby for
+// hours. The standby sends the first read of each new token to the active node (so that
+// it renews the token in the background) and serves every other read itself, with no
+// provider call and no storage write; the active node's renewals reach it as
+// invalidations, and no read waits for the provider.
 func TestHA_StandbyServesReads(t *testing.T) {
 	const span = 3 * time.Hour
 	active, rec := newRecordedEnv(t)
 	p := withMindbaz(t, active, 20*time.Minute, nil, nil)
+	start := active.clock.Now()
+	active.readCreds(t, "app") // the first login
 	standby := newNode(t, active, readOnlyStorage{rec.Storage})
 	standby.sys.ReplicationStateVal = consts.ReplicationPerformanceStandby
 	rec.mu.Lock()
@@ -529,12 +542,15 @@ func TestHA_StandbyServesReads(t *testing.T) {
 	rec.mu.Unlock()
 
 	sim := newSchedSim(p, time.Second, time.Minute, active, standby)
+	sim.readVia = []*testEnv{standby}
+	sim.reads = 1 // the first login is done
 	sim.run(t, span)
 	role := &roleEntry{MinTTL: defaultMinTTL, BackgroundRefresh: true}
-	ideal := idealRenewals(role, p.accessTTL, time.Minute, span)
-	if sim.forwarded != 0 || sim.tickCalls[1] != 0 || standby.storage.puts.Load() != 0 {
-		t.Errorf("the standby forwarded %d reads, its periodic function made %d provider calls, it tried %d storage writes; want none",
-			sim.forwarded, sim.tickCalls[1], standby.storage.puts.Load())
+	ideal := idealRenewals("app", role, p.accessTTL, start, span)
+	tokens := p.calls("")
+	if sim.forwarded > tokens || sim.forwarded == 0 || standby.storage.puts.Load() != 0 {
+		t.Errorf("the standby forwarded %d reads for %d tokens and tried %d storage writes; want at most one per token, none",
+			sim.forwarded, tokens, standby.storage.puts.Load())
 	}
 	if p.calls(grantPassword) != 1 || p.calls(grantRefresh) != ideal || sim.readCalls != 0 {
 		t.Errorf("logins %d, refreshes %d (ideal %d), calls inside reads %d; want 1, ideal, 0",

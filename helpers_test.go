@@ -21,10 +21,20 @@ import (
 	"github.com/hashicorp/vault/sdk/logical"
 )
 
-// testClock is a clock that moves only when a test says so.
+// testClock is a clock that moves only when a test says so. Timers set on it fire as
+// it passes their time, in order; after each, Add waits until the backends on this
+// clock have finished the background work it started.
 type testClock struct {
-	mu  sync.Mutex
-	now time.Time
+	mu       sync.Mutex
+	now      time.Time
+	timers   []*fakeTimer
+	settlers []func()
+}
+
+type fakeTimer struct {
+	at      time.Time
+	f       func()
+	stopped bool
 }
 
 func newTestClock() *testClock {
@@ -37,10 +47,77 @@ func (c *testClock) Now() time.Time {
 	return c.now
 }
 
-func (c *testClock) Add(d time.Duration) {
+// AfterFunc is the backend's timer on this clock. A timer already due fires at once.
+func (c *testClock) AfterFunc(d time.Duration, f func()) func() bool {
+	c.mu.Lock()
+	t := &fakeTimer{at: c.now.Add(d), f: f}
+	due := d <= 0
+	if !due {
+		c.timers = append(c.timers, t)
+	}
+	c.mu.Unlock()
+	if due {
+		go f()
+	}
+	return func() bool {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		was := !t.stopped
+		t.stopped = true
+		return was
+	}
+}
+
+// onSettle registers what Add waits for after firing timers.
+func (c *testClock) onSettle(f func()) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
+	c.settlers = append(c.settlers, f)
+}
+
+// Add moves the clock forward by d, firing the timers it passes at their own time.
+func (c *testClock) Add(d time.Duration) {
+	c.mu.Lock()
+	target := c.now.Add(d)
+	c.mu.Unlock()
+	for {
+		c.settle()
+		c.mu.Lock()
+		var next *fakeTimer
+		kept := c.timers[:0]
+		for _, t := range c.timers {
+			if t.stopped {
+				continue
+			}
+			kept = append(kept, t)
+			if !t.at.After(target) && (next == nil || t.at.Before(next.at)) {
+				next = t
+			}
+		}
+		c.timers = kept
+		if next == nil {
+			c.now = target
+			c.mu.Unlock()
+			c.settle()
+			return
+		}
+		next.stopped = true
+		if next.at.After(c.now) {
+			c.now = next.at
+		}
+		c.mu.Unlock()
+		next.f()
+	}
+}
+
+// settle waits for the background work of every backend on this clock.
+func (c *testClock) settle() {
+	c.mu.Lock()
+	settlers := append([]func(){}, c.settlers...)
+	c.mu.Unlock()
+	for _, f := range settlers {
+		f()
+	}
 }
 
 // syncBuffer collects log output from concurrent writers.
@@ -113,6 +190,9 @@ func getTestBackend(tb testing.TB) *testEnv {
 // start builds a fresh backend over the environment's storage, as a restart would.
 func (e *testEnv) start(tb testing.TB) {
 	tb.Helper()
+	if e.b != nil {
+		e.b.Cleanup(context.Background()) // the old process is gone
+	}
 	config := logical.TestBackendConfig()
 	config.StorageView = e.storage
 	config.Logger = hclog.New(&hclog.LoggerOptions{Level: hclog.Trace, Output: e.logs})
@@ -125,6 +205,8 @@ func (e *testEnv) start(tb testing.TB) {
 	e.b = b.(*backend)
 	e.b.now = e.clock.Now
 	e.b.sleep = func(ctx context.Context, _ time.Duration) error { return ctx.Err() }
+	e.b.afterFunc = e.clock.AfterFunc
+	e.clock.onSettle(e.b.bg.wait)
 	tb.Cleanup(func() { e.b.Cleanup(context.Background()) })
 }
 
@@ -151,8 +233,8 @@ func (e *testEnv) request(tb testing.TB, op logical.Operation, path string, data
 func (e *testEnv) mustOK(tb testing.TB, op logical.Operation, path string, data map[string]any) *logical.Response {
 	tb.Helper()
 	resp, err := e.request(tb, op, path, data)
-	if err != nil || (resp != nil && resp.IsError()) {
-		tb.Fatalf("%s %s: err=%v resp=%#v", op, path, err, resp)
+	if msg := errorText(resp, err); msg != "" {
+		tb.Fatalf("%s %s: %s", op, path, msg)
 	}
 	return resp
 }
@@ -161,11 +243,8 @@ func (e *testEnv) mustOK(tb testing.TB, op logical.Operation, path string, data 
 func (e *testEnv) mustFail(tb testing.TB, op logical.Operation, path string, data map[string]any) string {
 	tb.Helper()
 	resp, err := e.request(tb, op, path, data)
-	switch {
-	case err != nil:
-		return err.Error()
-	case resp != nil && resp.IsError():
-		return resp.Error().Error()
+	if msg := errorText(resp, err); msg != "" {
+		return msg
 	}
 	tb.Fatalf("%s %s: expected an error, got %#v", op, path, resp)
 	return ""
@@ -223,6 +302,9 @@ type fakeProvider struct {
 	refreshDelay chan struct{} // when set, refresh requests wait for it to close
 	// hook, when set, may answer a token request itself (return true).
 	hook func(w http.ResponseWriter, r *http.Request, form url.Values) bool
+	// failStorage, when set, is the switch of the engine's test storage a hook may
+	// turn on: storage failing while a request is at the provider.
+	failStorage *atomic.Bool
 }
 
 const (

@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/hashicorp/vault/sdk/framework"
-	"github.com/hashicorp/vault/sdk/helper/locksutil"
 	"github.com/hashicorp/vault/sdk/logical"
 )
 
@@ -25,7 +24,10 @@ const (
 	providerKeycloak = "keycloak"
 	providerApiax    = "apiax"
 
-	defaultRequestTimeout = 10 * time.Second
+	defaultRequestTimeout        = 10 * time.Second
+	defaultMaxConcurrentRequests = 4
+	// maxMaxConcurrentRequests bounds max_concurrent_requests.
+	maxMaxConcurrentRequests = 64
 )
 
 // connEntry is a connection as stored at config/<name>.
@@ -44,13 +46,22 @@ type connEntry struct {
 	CACert          string            `json:"ca_cert,omitempty"`
 	RequestTimeout  time.Duration     `json:"request_timeout"`
 	RefreshTokenTTL time.Duration     `json:"refresh_token_ttl,omitempty"`
+	// MaxConcurrentRequests bounds the token requests in flight to the provider.
+	MaxConcurrentRequests int `json:"max_concurrent_requests,omitempty"`
 
-	// CredentialsVersion changes whenever the password or the client secret does, which
-	// lifts a "credentials rejected" state recorded against an older version.
+	// CredentialsVersion changes whenever the password or the client (id, secret or
+	// authentication) does, which lifts a "credentials rejected" state recorded against
+	// an older version.
 	CredentialsVersion uint64 `json:"credentials_version"`
 	// AccountVersion changes whenever the token URL, client or username does: tokens
 	// obtained for an older version belong to another account and are discarded.
 	AccountVersion uint64 `json:"account_version"`
+	// Revision counts the writes of the connection: a write lifts the retry windows of
+	// its roles.
+	Revision uint64 `json:"revision"`
+
+	// name is the connection's name (not stored).
+	name string
 }
 
 // preset holds the defaults a provider name fills in.
@@ -159,9 +170,14 @@ func pathConfig(b *backend) []*framework.Path {
 					Type:        framework.TypeDurationSecond,
 					Description: "Refresh token lifetime to assume when the provider does not say (mindbaz preset: 168h). 0: unknown.",
 				},
+				"max_concurrent_requests": {
+					Type:        framework.TypeInt,
+					Description: "Token requests in flight to this provider at once, reads and background renewals together.",
+					Default:     defaultMaxConcurrentRequests,
+				},
 				"verify": {
 					Type:        framework.TypeBool,
-					Description: "On write, perform one password login and refuse to save the connection if it fails. Not stored.",
+					Description: "On write, perform one password login and refuse to save the connection if it fails; skipped while the provider's rejection of these very credentials holds back logins. Not stored.",
 					Default:     true,
 				},
 			},
@@ -188,18 +204,18 @@ func pathConfig(b *backend) []*framework.Path {
 }
 
 func (b *backend) connectionExists(ctx context.Context, req *logical.Request, d *framework.FieldData) (bool, error) {
-	entry, err := b.connection(ctx, req.Storage, d.Get("name").(string))
+	_, entry, err := b.connection(ctx, req.Storage, d.Get("name").(string))
 	return entry != nil, err
 }
 
 func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
 	name := d.Get("name").(string)
+	cs := b.connState(name)
 	// Writes of one connection are serialised, so that two partial updates cannot
 	// undo each other (a password rotation racing a Terraform apply).
-	lock := locksutil.LockForKey(b.roleLocks, configPrefix+name)
-	lock.Lock()
-	defer lock.Unlock()
-	old, err := b.connection(ctx, req.Storage, name)
+	cs.writeMu.Lock()
+	defer cs.writeMu.Unlock()
+	_, old, err := b.connection(ctx, req.Storage, name)
 	if err != nil {
 		return nil, err
 	}
@@ -207,39 +223,168 @@ func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *
 	if err != nil {
 		return logical.ErrorResponse("connection %q: %s", name, err), nil
 	}
+	entry.name = name
+	account, err := b.accountRecord(ctx, req.Storage, cs)
+	if err != nil {
+		return nil, err
+	}
 
-	var resp *logical.Response
-	rejected := b.connectionRejection(name, entry)
-	switch {
+	resp := &logical.Response{}
+	var verified *tokenResponse
+	switch rej := account.Rejection; {
 	case !d.Get("verify").(bool):
-	case rejected != nil && b.now().Before(rejected.allowed):
+	case rej.holdsBack(entry, b.now()):
 		// The provider rejected these very credentials: logging in again would only
 		// bring the account closer to a lockout.
-		resp = &logical.Response{}
-		resp.AddWarning(fmt.Sprintf("verification login skipped: the provider rejected these credentials at %s and no login is tried before %s; update password or client_secret to lift that",
-			formatTime(rejected.at), formatTime(rejected.allowed)))
+		resp.AddWarning(fmt.Sprintf("verification login skipped: the provider rejected these credentials at %s and no login is tried before %s; update %s to lift that",
+			formatTime(rej.At), formatTime(rej.NextLoginAt), credentialFields(rej)))
 	default:
-		if err := b.verifyLogin(ctx, entry); err != nil {
+		verified, err = b.verifyLogin(ctx, cs, entry)
+		if err != nil {
+			b.verifyFailed(ctx, req.Storage, cs, old, entry, err)
 			return logical.ErrorResponse("connection %q not saved: verification login as %q failed: %s; check the credentials and endpoint, or write with verify=false to save anyway",
-				name, entry.Username, redact(err.Error(), entry.Password, entry.ClientSecret)), nil
+				name, entry.Username, newRedactor(entry.Password, entry.ClientSecret).redact(err.Error())), nil
 		}
 	}
 
 	if err := putJSON(ctx, req.Storage, configPrefix+name, entry); err != nil {
 		return nil, err
 	}
-	b.invalidateMu.Lock()
-	b.generation.Add(1)
-	b.dropConnection(name)
-	b.conns.Store(name, entry)
-	b.invalidateMu.Unlock()
+	accountChanged := old != nil && old.AccountVersion != entry.AccountVersion
+	cs.mu.Lock()
+	cs.epoch++
+	cs.setEntryLocked(entry)
+	cs.mu.Unlock()
+	if accountChanged {
+		// Tokens of the old account are of no use: no read serves them from now on,
+		// and their sessions end at the old provider.
+		b.forgetRolesOf(name)
+		b.endSessionsOf(req.Storage, old)
+	}
+	if verified != nil {
+		cs.gate.prove(entry.CredentialsVersion)
+		b.keepSpare(ctx, req.Storage, cs, entry, verified, old == nil || accountChanged)
+	}
 	b.Logger().Info("connection saved", "connection", name, "provider", entry.Provider, "username", entry.Username)
+	if len(resp.Warnings) == 0 {
+		return nil, nil
+	}
 	return resp, nil
+}
+
+// credentialFields names what must change to lift a rejection.
+func credentialFields(rej *rejection) string {
+	if rej.Client {
+		return "client_id, client_secret or client_auth"
+	}
+	return "password or client_secret"
+}
+
+// verifyFailed records a verify login the provider rejected when the write kept the
+// stored credentials: they are the connection's, and the account counts the failure.
+func (b *backend) verifyFailed(ctx context.Context, s logical.Storage, cs *connState, old, entry *connEntry, err error) {
+	var ge *grantError
+	if old == nil || old.CredentialsVersion != entry.CredentialsVersion || !errors.As(err, &ge) || !ge.credentialsRejected() {
+		return
+	}
+	now := b.now()
+	cause := newRedactor(entry.Password, entry.ClientSecret).redact(ge.Error())
+	if uerr := b.updateAccount(ctx, s, cs, func(a *accountEntry) bool {
+		rec := rejection{CredentialsVersion: old.CredentialsVersion, At: now, Count: 1, Cause: cause, Client: ge.clientRejected()}
+		if a.Rejection.appliesTo(old) {
+			rec.Count = a.Rejection.Count + 1
+		}
+		rec.NextLoginAt = now.Add(rejectionBackoffFor(rec.Count))
+		a.Rejection = &rec
+		return true
+	}); uerr != nil {
+		b.Logger().Warn("could not save the connection's rejection record", "connection", cs.name, "error", uerr)
+	}
+}
+
+// keepSpare keeps the verify login's session for the first role of the connection that
+// needs a login (a new connection, or one whose account changed: every role will), or
+// ends it at the revocation endpoint. A spare it replaces is ended.
+func (b *backend) keepSpare(ctx context.Context, s logical.Storage, cs *connState, entry *connEntry, tok *tokenResponse, wanted bool) {
+	var replaced *spareSession
+	var kept bool
+	err := b.updateAccount(ctx, s, cs, func(a *accountEntry) bool {
+		replaced = a.Spare
+		a.Spare = nil
+		lifted := a.Rejection != nil && a.Rejection.CredentialsVersion <= entry.CredentialsVersion
+		if lifted {
+			// The login just proved these credentials.
+			a.Rejection = nil
+		}
+		if wanted {
+			now := b.now()
+			t := sessionTokens{
+				AccessToken: tok.AccessToken, TokenType: tok.TokenType, Scope: tok.Scope,
+				ObtainedAt: tok.Started, ExpiresAt: tok.ExpiresAt, Grant: grantPassword,
+				RefreshToken: tok.RefreshToken, RefreshExpiresAt: tok.RefreshExpiresAt,
+			}
+			if t.ObtainedAt.IsZero() {
+				t.ObtainedAt = now
+			}
+			if t.RefreshToken != "" && t.RefreshExpiresAt.IsZero() && entry.RefreshTokenTTL > 0 {
+				t.RefreshExpiresAt = t.ObtainedAt.Add(entry.RefreshTokenTTL)
+			}
+			a.Spare = &spareSession{AccountVersion: entry.AccountVersion, Tokens: t}
+			kept = true
+		}
+		return replaced != nil || kept || lifted
+	})
+	if err != nil {
+		kept = false
+		b.Logger().Warn("could not keep the verification session", "connection", cs.name, "error", err)
+	}
+	if !kept {
+		b.revokeWith(ctx, cs, entry, tok.RefreshToken, "")
+	}
+	if replaced != nil && replaced.AccountVersion == entry.AccountVersion {
+		b.revokeWith(ctx, cs, entry, replaced.Tokens.RefreshToken, "")
+	}
+}
+
+// endSessionsOf ends, in the background, the sessions of the roles of a connection's
+// old account at that account's revocation endpoint (best effort): after an account
+// change the engine forgets them, the provider should too.
+func (b *backend) endSessionsOf(s logical.Storage, old *connEntry) {
+	if old.RevocationURL == "" {
+		return
+	}
+	cs := &connState{name: old.name, slots: make(chan struct{}, max(old.MaxConcurrentRequests, 1))}
+	client, err := b.newTokenClient(old)
+	if err != nil {
+		return
+	}
+	client.slots = cs.slots
+	b.bg.goTracked(func(ctx context.Context) {
+		defer client.http.CloseIdleConnections()
+		a := new(accountEntry)
+		if _, err := getJSON(ctx, s, accountPrefix+old.name, a); err == nil && a.Spare != nil && a.Spare.AccountVersion == old.AccountVersion {
+			_ = client.revoke(ctx, a.Spare.Tokens.RefreshToken)
+		}
+		names, err := s.List(ctx, rolePrefix)
+		if err != nil {
+			return
+		}
+		for _, name := range names {
+			sess, _, err := readSession(ctx, s, name)
+			if err != nil || sess == nil || sess.Account != (sessionAccount{Config: old.name, AccountVersion: old.AccountVersion}) {
+				continue
+			}
+			if err := client.revoke(ctx, sess.Tokens.RefreshToken); err != nil {
+				b.Logger().Info("could not revoke the session of an old account", "role", name, "connection", old.name,
+					"error", newRedactor(sess.Tokens.RefreshToken, old.Password, old.ClientSecret).redact(err.Error()))
+			}
+		}
+	})
 }
 
 // mergeConnection applies a partial update to old (nil on create) and validates the result.
 func mergeConnection(old *connEntry, d *framework.FieldData) (*connEntry, error) {
-	entry := &connEntry{Provider: providerGeneric, ClientAuth: clientAuthBody, RequestTimeout: defaultRequestTimeout}
+	entry := &connEntry{Provider: providerGeneric, ClientAuth: clientAuthBody, RequestTimeout: defaultRequestTimeout, MaxConcurrentRequests: defaultMaxConcurrentRequests}
 	if old != nil {
 		copied := *old
 		entry = &copied
@@ -304,17 +449,21 @@ func mergeConnection(old *connEntry, d *framework.FieldData) (*connEntry, error)
 	if v, ok := d.GetOk("refresh_token_ttl"); ok {
 		entry.RefreshTokenTTL = time.Duration(v.(int)) * time.Second
 	}
+	if v, ok := d.GetOk("max_concurrent_requests"); ok {
+		entry.MaxConcurrentRequests = v.(int)
+	}
 
 	if err := validateConnection(entry); err != nil {
 		return nil, err
 	}
-	if old == nil || old.Password != entry.Password || old.ClientSecret != entry.ClientSecret {
+	if old == nil || old.Password != entry.Password || old.ClientSecret != entry.ClientSecret || old.ClientAuth != entry.ClientAuth {
 		entry.CredentialsVersion++
 	}
 	if old == nil || old.TokenURL != entry.TokenURL || old.ClientID != entry.ClientID || old.Username != entry.Username {
 		entry.AccountVersion++
 		entry.CredentialsVersion++
 	}
+	entry.Revision++
 	return entry, nil
 }
 
@@ -337,6 +486,8 @@ func validateConnection(entry *connEntry) error {
 		return errors.New("request_timeout must be positive")
 	case entry.RefreshTokenTTL < 0:
 		return errors.New("refresh_token_ttl must not be negative")
+	case entry.MaxConcurrentRequests < 1 || entry.MaxConcurrentRequests > maxMaxConcurrentRequests:
+		return fmt.Errorf("max_concurrent_requests must be between 1 and %d", maxMaxConcurrentRequests)
 	}
 	if entry.Issuer != "" {
 		if err := checkEndpoint("issuer", entry.Issuer); err != nil {
@@ -382,52 +533,60 @@ func checkPEM(s string) error {
 	return nil
 }
 
-// verifyLogin performs one password login with a candidate connection, then ends the
-// session it opened (best effort) so that no unused refresh token lingers.
-func (b *backend) verifyLogin(ctx context.Context, entry *connEntry) error {
-	hc, err := newHTTPClient(entry)
+// verifyLogin performs one password login with a candidate connection, within the
+// connection's request slots, and returns its tokens.
+func (b *backend) verifyLogin(ctx context.Context, cs *connState, entry *connEntry) (*tokenResponse, error) {
+	c, err := b.newTokenClient(entry)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	defer hc.CloseIdleConnections()
-	c := &tokenClient{conn: entry, http: hc, now: b.now, sleep: b.sleep}
-	tok, err := c.passwordGrant(ctx, nil)
-	if err != nil {
-		return err
-	}
-	if err := c.revoke(ctx, tok.RefreshToken); err != nil {
-		b.Logger().Debug("could not revoke the verification session", "error", err)
-	}
-	return nil
+	defer c.http.CloseIdleConnections()
+	c.slots = b.requestSlots(cs, entry)
+	c.observe = b.metrics.observer(cs.name)
+	return c.passwordGrant(ctx, nil, maxAttemptRequests)
 }
 
 // pathConfigRead returns the connection without its secrets: password and client_secret
-// are never returned, only whether they are set.
+// are never returned, only whether they are set. The connection's state comes with it.
 func (b *backend) pathConfigRead(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
 	name := d.Get("name").(string)
-	entry, err := b.connection(ctx, req.Storage, name)
+	cs, entry, err := b.connection(ctx, req.Storage, name)
 	if err != nil {
 		return nil, err
 	}
 	if entry == nil {
 		return nil, nil
 	}
-	return &logical.Response{Data: map[string]any{
-		"provider":          entry.Provider,
-		"issuer":            entry.Issuer,
-		"token_url":         entry.TokenURL,
-		"revocation_url":    entry.RevocationURL,
-		"client_id":         entry.ClientID,
-		"client_auth":       entry.ClientAuth,
-		"client_secret_set": entry.ClientSecret != "",
-		"username":          entry.Username,
-		"password_set":      entry.Password != "",
-		"password_params":   nonNilMap(entry.PasswordParams),
-		"refresh_params":    nonNilMap(entry.RefreshParams),
-		"ca_cert":           entry.CACert,
-		"request_timeout":   int64(entry.RequestTimeout.Seconds()),
-		"refresh_token_ttl": int64(entry.RefreshTokenTTL.Seconds()),
-	}}, nil
+	account, err := b.accountRecord(ctx, req.Storage, cs)
+	if err != nil {
+		return nil, err
+	}
+	data := map[string]any{
+		"provider":                entry.Provider,
+		"issuer":                  entry.Issuer,
+		"token_url":               entry.TokenURL,
+		"revocation_url":          entry.RevocationURL,
+		"client_id":               entry.ClientID,
+		"client_auth":             entry.ClientAuth,
+		"client_secret_set":       entry.ClientSecret != "",
+		"username":                entry.Username,
+		"password_set":            entry.Password != "",
+		"password_params":         nonNilMap(entry.PasswordParams),
+		"refresh_params":          nonNilMap(entry.RefreshParams),
+		"ca_cert":                 entry.CACert,
+		"request_timeout":         int64(entry.RequestTimeout.Seconds()),
+		"refresh_token_ttl":       int64(entry.RefreshTokenTTL.Seconds()),
+		"max_concurrent_requests": entry.MaxConcurrentRequests,
+		"credentials_rejected_at": "",
+		"next_login_at":           "",
+		"last_error":              "",
+	}
+	if rej := account.Rejection; rej.appliesTo(entry) {
+		data["credentials_rejected_at"] = formatTime(rej.At)
+		data["next_login_at"] = formatTime(rej.NextLoginAt)
+		data["last_error"] = rej.Cause
+	}
+	return &logical.Response{Data: data}, nil
 }
 
 func nonNilMap(m map[string]string) map[string]string {
@@ -439,6 +598,9 @@ func nonNilMap(m map[string]string) map[string]string {
 
 func (b *backend) pathConfigDelete(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
 	name := d.Get("name").(string)
+	cs := b.connState(name)
+	cs.writeMu.Lock()
+	defer cs.writeMu.Unlock()
 	users, err := b.rolesUsing(ctx, req.Storage, name)
 	if err != nil {
 		return nil, err
@@ -446,14 +608,23 @@ func (b *backend) pathConfigDelete(ctx context.Context, req *logical.Request, d 
 	if len(users) > 0 {
 		return logical.ErrorResponse("connection %q is used by roles %s: delete them or point them to another connection first", name, strings.Join(users, ", ")), nil
 	}
+	_, entry, err := b.connection(ctx, req.Storage, name)
+	if err != nil {
+		return nil, err
+	}
+	if entry != nil {
+		if account, err := b.accountRecord(ctx, req.Storage, cs); err == nil && account.Spare != nil && account.Spare.AccountVersion == entry.AccountVersion {
+			b.revokeWith(ctx, cs, entry, account.Spare.Tokens.RefreshToken, "")
+		}
+	}
 	if err := req.Storage.Delete(ctx, configPrefix+name); err != nil {
 		return nil, fmt.Errorf("deleting connection %q: %w", name, err)
 	}
-	b.invalidateMu.Lock()
-	b.generation.Add(1)
-	b.dropConnection(name)
-	b.invalidateMu.Unlock()
-	b.rejections.Delete(name)
+	if err := req.Storage.Delete(ctx, accountPrefix+name); err != nil {
+		return nil, fmt.Errorf("deleting the state of connection %q: %w", name, err)
+	}
+	b.forgetConnection(name)
+	b.invalidate(ctx, accountPrefix+name)
 	return nil, nil
 }
 
@@ -465,19 +636,34 @@ func (b *backend) pathConfigList(ctx context.Context, req *logical.Request, _ *f
 	return logical.ListResponse(names), nil
 }
 
-// connection returns a connection from the cache, loading it from storage on a miss.
-func (b *backend) connection(ctx context.Context, s logical.Storage, name string) (*connEntry, error) {
-	if v, ok := b.conns.Load(name); ok {
-		return v.(*connEntry), nil
+// connection returns a connection's state and its entry, loading the entry from
+// storage on a miss; the entry is nil when the connection does not exist.
+func (b *backend) connection(ctx context.Context, s logical.Storage, name string) (*connState, *connEntry, error) {
+	cs := b.connState(name)
+	cs.mu.Lock()
+	entry, epoch := cs.entry, cs.epoch
+	cs.mu.Unlock()
+	if entry != nil {
+		return cs, entry, nil
 	}
-	gen := b.generation.Load()
-	entry := new(connEntry)
+	entry = new(connEntry)
 	found, err := getJSON(ctx, s, configPrefix+name, entry)
 	if err != nil || !found {
-		return nil, err
+		return cs, nil, err
 	}
-	b.cacheIfCurrent(&b.conns, name, entry, gen)
-	return entry, nil
+	entry.name = name
+	if entry.MaxConcurrentRequests == 0 {
+		entry.MaxConcurrentRequests = defaultMaxConcurrentRequests // written by v0.1.0
+	}
+	cs.installEntry(entry, epoch)
+	return cs, entry, nil
+}
+
+// requestSlots returns the connection's request slots, sized for entry.
+func (b *backend) requestSlots(cs *connState, entry *connEntry) chan struct{} {
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	return cs.slotsLocked(entry)
 }
 
 // rolesUsing lists the roles that use a connection, sorted.

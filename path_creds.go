@@ -6,7 +6,6 @@ import (
 	"time"
 
 	"github.com/hashicorp/vault/sdk/framework"
-	"github.com/hashicorp/vault/sdk/helper/locksutil"
 	"github.com/hashicorp/vault/sdk/logical"
 )
 
@@ -65,13 +64,14 @@ func pathCreds(b *backend) []*framework.Path {
 }
 
 var credsResponseFields = map[string]*framework.FieldSchema{
-	"access_token":    {Type: framework.TypeString, Description: "The bearer access token."},
-	"token_type":      {Type: framework.TypeString, Description: "Always Bearer."},
-	"expires_at":      {Type: framework.TypeString, Description: "When the access token expires (RFC 3339, UTC)."},
-	"expires_in":      {Type: framework.TypeInt64, Description: "Whole seconds until the access token expires."},
-	"scope":           {Type: framework.TypeString, Description: "The token's scope, if the provider returned one."},
-	"ttl":             {Type: framework.TypeInt64, Description: "Whole seconds until the engine hands out a newer token (at least 1)."},
-	"rotation_period": {Type: framework.TypeInt64, Description: "The token's full lifetime in seconds."},
+	"access_token":        {Type: framework.TypeString, Description: "The bearer access token."},
+	"token_type":          {Type: framework.TypeString, Description: "Always Bearer."},
+	"expires_at":          {Type: framework.TypeString, Description: "When the access token expires (RFC 3339, UTC)."},
+	"expires_in":          {Type: framework.TypeInt64, Description: "Whole seconds until the access token expires."},
+	"scope":               {Type: framework.TypeString, Description: "The token's scope, if the provider returned one."},
+	"ttl":                 {Type: framework.TypeInt64, Description: "Whole seconds until the engine hands out a newer token (at least 1)."},
+	"rotation_period":     {Type: framework.TypeInt64, Description: "The token's full lifetime in seconds."},
+	"last_vault_rotation": {Type: framework.TypeString, Description: "When the current access token was obtained (RFC 3339, UTC)."},
 }
 
 func (b *backend) pathCredsRead(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
@@ -85,18 +85,23 @@ func (b *backend) pathCredsRenew(ctx context.Context, req *logical.Request, d *f
 // creds answers a creds read, or with force a renewal.
 func (b *backend) creds(ctx context.Context, req *logical.Request, d *framework.FieldData, force bool) (*logical.Response, error) {
 	minTTL := time.Duration(d.Get("min_ttl").(int)) * time.Second
-	res, err := b.getToken(ctx, req.Storage, d.Get("name").(string), minTTL, force)
+	name := d.Get("name").(string)
+	res, err := b.getToken(ctx, req.Storage, name, minTTL, force)
 	if err != nil {
-		return responseError(req.MountPoint, err)
+		if !isReadOnlyErr(err) {
+			b.metrics.read(name, answeredFailed)
+		}
+		return responseError(req, err)
 	}
-	return credsResponse(&res, b.now(), req.MountPoint), nil
+	b.metrics.read(name, res.how)
+	return credsResponse(&res, req.MountPoint), nil
 }
 
 func (b *backend) pathCredsDelete(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
 	name := d.Get("name").(string)
-	lock := locksutil.LockForKey(b.roleLocks, name)
-	lock.Lock()
-	defer lock.Unlock()
+	rs := b.roleState(name)
+	rs.acquire()
+	defer rs.release()
 	role, err := b.role(ctx, req.Storage, name)
 	if err != nil {
 		return nil, err
@@ -104,32 +109,33 @@ func (b *backend) pathCredsDelete(ctx context.Context, req *logical.Request, d *
 	if role == nil {
 		return logical.ErrorResponse("role %q does not exist", name), nil
 	}
-	if err := b.discardTokens(ctx, req.Storage, name, "creds deleted"); err != nil {
+	if err := b.discardSession(ctx, req.Storage, rs, "creds deleted"); err != nil {
 		return nil, fmt.Errorf("discarding the tokens of role %q: %w", name, err)
 	}
-	b.forget(name)
+	b.forgetRole(name)
 	return nil, nil
 }
 
 // credsResponse is the data of a creds read: the access token and its timing, never
-// the refresh token. There is no lease: an OAuth2 access token cannot be revoked
-// through Vault. ttl and rotation_period make Vault Agent re-read when a newer token
-// is available.
-func credsResponse(res *tokenResult, now time.Time, mount string) *logical.Response {
-	t := res.token
-	left := t.ExpiresAt.Sub(now)
+// the refresh token. There is no lease: the token's life is the provider's. ttl and
+// rotation_period make Vault Agent re-read when a newer token is available, and with
+// last_vault_rotation the Vault Secrets Operator re-syncs.
+func credsResponse(res *tokenResult, mount string) *logical.Response {
+	t := res.tokens
+	left := t.ExpiresAt.Sub(res.now)
 	ttl := max(int64((left-t.effectiveMinTTL(res.minTTL))/time.Second), 1)
-	v := res.view
+	v := res.creds
 	if v == nil {
 		v = newCredsView(t)
 	}
 	data := map[string]any{
-		"access_token":    v.accessToken,
-		"token_type":      "Bearer",
-		"expires_at":      v.expiresAt,
-		"expires_in":      int64(left / time.Second),
-		"ttl":             ttl,
-		"rotation_period": v.rotationPeriod,
+		"access_token":        v.accessToken,
+		"token_type":          "Bearer",
+		"expires_at":          v.expiresAt,
+		"expires_in":          max(int64(left/time.Second), 0),
+		"ttl":                 ttl,
+		"rotation_period":     v.rotationPeriod,
+		"last_vault_rotation": v.obtainedAt,
 	}
 	if v.scope != nil {
 		data["scope"] = v.scope
@@ -138,20 +144,24 @@ func credsResponse(res *tokenResult, now time.Time, mount string) *logical.Respo
 	for _, w := range res.warnings {
 		resp.AddWarning(withMount(w, mount))
 	}
+	if res.minTTL > t.lifetime()/2 {
+		resp.AddWarning(msgMinTTLCapped("min_ttl", res.minTTL, t.lifetime()))
+	}
 	return resp
 }
 
 // credsView holds the values of a creds answer that are the same on every read of one
 // token, converted once: a cached read then allocates only what changes with time.
 type credsView struct {
-	accessToken, expiresAt, rotationPeriod, scope any // scope: nil when empty
+	accessToken, expiresAt, rotationPeriod, obtainedAt, scope any // scope: nil when empty
 }
 
-func newCredsView(t *tokenEntry) *credsView {
+func newCredsView(t *sessionTokens) *credsView {
 	v := &credsView{
 		accessToken:    t.AccessToken,
 		expiresAt:      formatTime(t.ExpiresAt),
 		rotationPeriod: int64(t.lifetime() / time.Second),
+		obtainedAt:     formatTime(t.ObtainedAt),
 	}
 	if t.Scope != "" {
 		v.scope = t.Scope
@@ -163,12 +173,15 @@ const pathCredsHelpSyn = `Get a valid bearer access token for a role.`
 
 const pathCredsHelpDesc = `
 Read returns an access token valid for at least the role's min_ttl (the min_ttl query
-parameter may ask for more): the cached token while it is valid enough, otherwise a new
-one from the stored refresh token, otherwise from a password login. The response holds
-access_token, token_type (Bearer), expires_at, expires_in, scope (if any), ttl (seconds
-until a newer token is handed out, at least 1) and rotation_period (the token's full
-lifetime). There is no lease, and never the refresh token or the password. When the
-token is served after a failed renewal, the response carries a warning.
+parameter may ask for more; both are capped at half the token's lifetime, with a
+warning): the cached token while it is valid enough, otherwise a new one from the
+stored refresh token, otherwise from a password login. The response holds
+access_token, token_type (Bearer), expires_at, expires_in, scope (if any), ttl
+(seconds until a newer token is handed out, at least 1), rotation_period (the token's
+full lifetime) and last_vault_rotation (when it was obtained). There is no lease, and
+never the refresh token or the password. When the token is served after a failed
+renewal, the response carries a warning. A provider failure is answered with HTTP 502
+and one message saying what failed and what to do.
 
 Write (vault write -f) gets a new token now: refresh grant, falling back to the
 password grant. Delete forgets the stored tokens (ending the session at the

@@ -25,7 +25,8 @@ func TestCreds_FormBodies(t *testing.T) {
 			password: url.Values{
 				"grant_type": {"password"}, "username": {testUsername}, "password": {testPassword}, "client_id": {"100"},
 			},
-			refresh: url.Values{"grant_type": {"refresh_token"}, "refresh_token": {"rt-mindbaz-2-rrrrrrrr"}, "client_id": {"100"}},
+			// The first read takes the verify login's session (rt-1).
+			refresh: url.Values{"grant_type": {"refresh_token"}, "refresh_token": {"rt-mindbaz-1-rrrrrrrr"}, "client_id": {"100"}},
 		},
 		"apiax": {
 			style: "apiax",
@@ -47,7 +48,7 @@ func TestCreds_FormBodies(t *testing.T) {
 				"client_secret": {testSecret}, "audience": {"api"},
 			},
 			refresh: url.Values{
-				"grant_type": {"refresh_token"}, "refresh_token": {"rt-mindbaz-2-rrrrrrrr"}, "client_id": {"100"},
+				"grant_type": {"refresh_token"}, "refresh_token": {"rt-mindbaz-1-rrrrrrrr"}, "client_id": {"100"},
 				"client_secret": {testSecret}, "audience": {"api"},
 			},
 		},
@@ -58,6 +59,7 @@ func TestCreds_FormBodies(t *testing.T) {
 			p := newFakeProvider(t, tc.style, env.clock)
 			env.setup(t, p, tc.conn, tc.role)
 			env.readCreds(t, "app")
+			// The last password grant: the role's, or with no scopes the verify login's.
 			if got := p.lastRequest(t).form; got.Encode() != tc.password.Encode() {
 				t.Errorf("password grant form:\n got %s\nwant %s", got.Encode(), tc.password.Encode())
 			}
@@ -178,9 +180,9 @@ func TestCreds_RotationSurvivesRestart(t *testing.T) {
 	env := getTestBackend(t)
 	p := newFakeProvider(t, "mindbaz", env.clock)
 	env.setup(t, p, nil, nil)
-	env.readCreds(t, "app")
+	env.readCreds(t, "app") // the verify login's session, rt-1
 	env.clock.Add(p.accessTTL)
-	env.readCreds(t, "app") // refresh: rt-2 used, rt-3 issued
+	env.readCreds(t, "app") // refresh: rt-1 used, rt-2 issued
 	tok := env.readCreds(t, "app").Data["access_token"]
 
 	env.start(t) // a new backend on the same storage
@@ -189,11 +191,11 @@ func TestCreds_RotationSurvivesRestart(t *testing.T) {
 	}
 	env.clock.Add(p.accessTTL)
 	env.readCreds(t, "app")
-	if got := p.lastRequest(t).form.Get("refresh_token"); got != "rt-mindbaz-3-rrrrrrrr" {
-		t.Errorf("after a restart the refresh used %q, want the newest rt-mindbaz-3", got)
+	if got := p.lastRequest(t).form.Get("refresh_token"); got != "rt-mindbaz-2-rrrrrrrr" {
+		t.Errorf("after a restart the refresh used %q, want the newest rt-mindbaz-2", got)
 	}
-	if p.calls(grantPassword) != 2 { // verify login + first read
-		t.Errorf("password logins = %d, want 2", p.calls(grantPassword))
+	if p.calls(grantPassword) != 1 { // the verify login, whose session the first read took
+		t.Errorf("password logins = %d, want 1", p.calls(grantPassword))
 	}
 }
 
@@ -276,7 +278,7 @@ func TestCreds_ForceAndDelete(t *testing.T) {
 
 	env.mustOK(t, logical.DeleteOperation, "creds/app", nil)
 	revoke := p.lastRequest(t)
-	if revoke.path != apiaxRevoke || revoke.form.Get("token") != "rt-apiax-3-rrrrrrrr" || revoke.form.Get("token_type_hint") != "refresh_token" {
+	if revoke.path != apiaxRevoke || revoke.form.Get("token") != "rt-apiax-2-rrrrrrrr" || revoke.form.Get("token_type_hint") != "refresh_token" {
 		t.Errorf("delete did not revoke the refresh token: %s %v", revoke.path, revoke.form)
 	}
 	logins := p.calls(grantPassword)

@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"github.com/hashicorp/vault/sdk/framework"
-	"github.com/hashicorp/vault/sdk/helper/locksutil"
 	"github.com/hashicorp/vault/sdk/logical"
 )
 
@@ -83,9 +82,9 @@ func (b *backend) roleExists(ctx context.Context, req *logical.Request, d *frame
 
 func (b *backend) pathRoleWrite(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
 	name := d.Get("name").(string)
-	lock := locksutil.LockForKey(b.roleLocks, name)
-	lock.Lock()
-	defer lock.Unlock()
+	rs := b.roleState(name)
+	rs.acquire()
+	defer rs.release()
 
 	old, err := b.role(ctx, req.Storage, name)
 	if err != nil {
@@ -115,7 +114,7 @@ func (b *backend) pathRoleWrite(ctx context.Context, req *logical.Request, d *fr
 	if role.MinTTL < 0 {
 		return logical.ErrorResponse("role %q: min_ttl must not be negative", name), nil
 	}
-	conn, err := b.connection(ctx, req.Storage, role.Config)
+	_, conn, err := b.connection(ctx, req.Storage, role.Config)
 	if err != nil {
 		return nil, err
 	}
@@ -128,28 +127,49 @@ func (b *backend) pathRoleWrite(ctx context.Context, req *logical.Request, d *fr
 	}
 	// Tokens obtained for another connection or other scopes are not this role's any more.
 	if old != nil && (old.Config != role.Config || !slices.Equal(old.Scopes, role.Scopes)) {
-		if err := b.discardTokens(ctx, req.Storage, name, "role changed"); err != nil {
+		if err := b.discardSession(ctx, req.Storage, rs, "role changed"); err != nil {
 			return nil, err
 		}
 	}
-	b.forget(name)
+	b.forgetRole(name)
+	if w := b.minTTLWarning(ctx, req.Storage, name, role); w != "" {
+		resp := &logical.Response{}
+		resp.AddWarning(w)
+		return resp, nil
+	}
 	return nil, nil
+}
+
+// minTTLWarning warns when a role's min_ttl exceeds what its tokens allow, once their
+// lifetime is known: reads then get tokens with half their lifetime left.
+func (b *backend) minTTLWarning(ctx context.Context, s logical.Storage, name string, role *roleEntry) string {
+	sess, _, err := readSession(ctx, s, name)
+	if err != nil || sess == nil || sess.Tokens.AccessToken == "" {
+		return ""
+	}
+	if life := sess.Tokens.lifetime(); role.MinTTL > life/2 {
+		return msgMinTTLCapped("min_ttl", role.MinTTL, life)
+	}
+	return ""
 }
 
 func (b *backend) pathRoleRead(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
 	name := d.Get("name").(string)
-	lock := locksutil.LockForKey(b.roleLocks, name)
-	lock.RLock()
-	defer lock.RUnlock()
-
-	st, err := b.loadState(ctx, req.Storage, name)
+	role, err := b.role(ctx, req.Storage, name)
 	if err != nil {
 		return nil, err
 	}
-	if st == nil {
+	if role == nil {
 		return nil, nil
 	}
-	role, tok := st.role, st.token
+	sess, _, err := readSession(ctx, req.Storage, name)
+	if err != nil {
+		return nil, err
+	}
+	if u := b.roleState(name).unsaved.Load(); u != nil {
+		// The newest state is in memory, not yet saved: show it.
+		sess = u.sess
+	}
 	data := map[string]any{
 		"config":                   role.Config,
 		"scopes":                   nonNilSlice(role.Scopes),
@@ -159,29 +179,49 @@ func (b *backend) pathRoleRead(ctx context.Context, req *logical.Request, d *fra
 		"token_obtained_at":        "",
 		"refresh_token_expires_at": "",
 		"last_grant":               "",
+		"last_success_at":          "",
 		"last_error":               "",
 		"last_error_at":            "",
 		"consecutive_failures":     0,
+		"next_attempt_at":          "",
 		"credentials_rejected_at":  "",
+		"next_login_at":            "",
 	}
-	if tok != nil {
-		if tok.AccessToken != "" {
-			data["token_expires_at"] = formatTime(tok.ExpiresAt)
-			data["token_obtained_at"] = formatTime(tok.ObtainedAt)
+	cs, conn, err := b.connection(ctx, req.Storage, role.Config)
+	if err != nil {
+		return nil, err
+	}
+	if sess != nil && conn != nil && sess.Account == (sessionAccount{Config: role.Config, AccountVersion: conn.AccountVersion}) {
+		t, f := &sess.Tokens, &sess.Failure
+		if t.AccessToken != "" {
+			data["token_expires_at"] = formatTime(t.ExpiresAt)
+			data["token_obtained_at"] = formatTime(t.ObtainedAt)
+			data["last_success_at"] = formatTime(t.ObtainedAt)
 		}
-		if tok.RefreshToken != "" {
-			data["refresh_token_expires_at"] = formatTime(tok.RefreshExpiresAt)
+		if t.RefreshToken != "" {
+			data["refresh_token_expires_at"] = formatTime(t.RefreshExpiresAt)
 		}
-		data["last_grant"] = tok.LastGrant
-		data["last_error"] = tok.LastError
-		data["last_error_at"] = formatTime(tok.LastErrorAt)
-		data["consecutive_failures"] = tok.ConsecutiveFailures
-		conn, err := b.connection(ctx, req.Storage, role.Config)
+		data["last_grant"] = t.Grant
+		data["last_error"] = f.LastError
+		data["last_error_at"] = formatTime(f.LastErrorAt)
+		data["consecutive_failures"] = f.Failures
+		if f.ConnRevision == conn.Revision && f.NextAttemptAt.After(b.now()) {
+			data["next_attempt_at"] = formatTime(f.NextAttemptAt)
+		}
+	}
+	if conn != nil {
+		account, err := b.accountRecord(ctx, req.Storage, cs)
 		if err != nil {
 			return nil, err
 		}
-		if tok.rejectedFor(conn) {
-			data["credentials_rejected_at"] = formatTime(tok.CredentialsRejectedAt)
+		if rej := account.Rejection; rej.appliesTo(conn) {
+			// The connection's rejection holds back every role of it.
+			data["credentials_rejected_at"] = formatTime(rej.At)
+			data["next_login_at"] = formatTime(rej.NextLoginAt)
+			if data["last_error"] == "" {
+				data["last_error"] = rej.Cause
+				data["last_error_at"] = formatTime(rej.At)
+			}
 		}
 	}
 	return &logical.Response{Data: data}, nil
@@ -189,11 +229,11 @@ func (b *backend) pathRoleRead(ctx context.Context, req *logical.Request, d *fra
 
 func (b *backend) pathRoleDelete(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
 	name := d.Get("name").(string)
-	lock := locksutil.LockForKey(b.roleLocks, name)
-	lock.Lock()
-	defer lock.Unlock()
+	rs := b.roleState(name)
+	rs.acquire()
+	defer rs.release()
 
-	if err := b.discardTokens(ctx, req.Storage, name, "role deleted"); err != nil {
+	if err := b.discardSession(ctx, req.Storage, rs, "role deleted"); err != nil {
 		return nil, err
 	}
 	if err := req.Storage.Delete(ctx, tokenPrefix+name); err != nil {
@@ -202,7 +242,8 @@ func (b *backend) pathRoleDelete(ctx context.Context, req *logical.Request, d *f
 	if err := req.Storage.Delete(ctx, rolePrefix+name); err != nil {
 		return nil, fmt.Errorf("deleting role %q: %w", name, err)
 	}
-	b.forget(name)
+	b.forgetRole(name)
+	b.bg.schedule(name, time.Time{})
 	return nil, nil
 }
 
@@ -214,10 +255,10 @@ func (b *backend) pathRoleList(ctx context.Context, req *logical.Request, _ *fra
 	return logical.ListResponse(names), nil
 }
 
-// role returns a role's definition, from the cache when present.
+// role returns a role's definition, from the role's view when loaded.
 func (b *backend) role(ctx context.Context, s logical.Storage, name string) (*roleEntry, error) {
-	if v, ok := b.cache.Load(name); ok {
-		return v.(*roleCache).role, nil
+	if v := b.roleState(name).view.Load(); v != nil {
+		return v.role, nil
 	}
 	role := new(roleEntry)
 	found, err := getJSON(ctx, s, rolePrefix+name, role)
@@ -251,9 +292,12 @@ Writes are partial updates. Changing config or scopes discards the role's tokens
 
 Reading a role also returns its state, never a secret: token_expires_at,
 token_obtained_at, refresh_token_expires_at (empty if unknown), last_grant
-(password or refresh_token), last_error, last_error_at, consecutive_failures and
-credentials_rejected_at (set while the provider's rejection of the password blocks
-new logins). Deleting a role deletes its stored tokens.
+(password or refresh_token), last_success_at, last_error and last_error_at (cleared
+by a clean renewal; set after a success that had to work around a problem, such as a
+refresh refused by configuration), consecutive_failures, next_attempt_at (while a
+failed attempt's retry window holds), and credentials_rejected_at and next_login_at
+(while the provider's rejection of the connection's credentials holds back logins of
+every role of the connection). Deleting a role deletes its stored tokens.
 `
 
 const pathRolesListHelpSyn = `List the roles.`

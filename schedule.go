@@ -2,164 +2,86 @@ package bearer
 
 import (
 	"container/heap"
-	"context"
-	"fmt"
+	"encoding/binary"
+	"hash/fnv"
 	"sync"
 	"time"
-
-	"github.com/hashicorp/vault/sdk/helper/locksutil"
-	"github.com/hashicorp/vault/sdk/logical"
 )
 
 const (
-	// backgroundLead is how much earlier than min_ttl the background renews a token that
-	// is being read: Vault runs the periodic function about once a minute, so a token
-	// is renewed between 30 and 90 seconds before reads would have to wait for it.
-	backgroundLead = 90 * time.Second
+	// The background renews a token that is being read at a jittered point of the time
+	// reads accept it (from when it was obtained until it has min_ttl left): between
+	// leadMin and leadMax of that span before its end, so that roles created together do
+	// not renew in the same second and a backlog has time to drain.
+	leadMin = 0.10
+	leadMax = 0.25
 	// maxKeepAliveLead bounds how long before its expiry an idle refresh token is used.
 	maxKeepAliveLead = 24 * time.Hour
+	// unknownKeepAlive is how often an idle session whose refresh token's lifetime is
+	// unknown is refreshed: providers (Keycloak's offline sessions) still end idle ones.
+	unknownKeepAlive = 24 * time.Hour
+	// keepAliveJitter spreads the keep-alive refreshes of sessions obtained together.
+	keepAliveJitter = time.Hour
 )
 
 // dueTime is when the background should next look at a role's session; zero means
-// never (no session, or background refresh off). It is the earlier of the access
-// token's renewal point and the idle refresh token's keep-alive point.
-func dueTime(role *roleEntry, st *tokenEntry, now time.Time) time.Time {
-	if !role.BackgroundRefresh || st == nil || st.AccessToken == "" {
+// never (no session, or background refresh off). For a token being read (served) it is
+// the earlier of the renewal point and the keep-alive point, for an idle one the
+// keep-alive point; never before the end of a retry window.
+func dueTime(name string, role *roleEntry, sess *sessionEntry, served bool) time.Time {
+	if !role.BackgroundRefresh || sess == nil {
 		return time.Time{}
 	}
-	due := renewalPoint(role, st)
-	if keep := keepAlivePoint(st); !keep.IsZero() && keep.Before(due) {
+	t := &sess.Tokens
+	var due time.Time
+	if served && t.AccessToken != "" {
+		due = renewalPoint(name, role, t)
+	}
+	if keep := keepAlivePoint(name, t); !keep.IsZero() && (due.IsZero() || keep.Before(due)) {
 		due = keep
+	}
+	if !due.IsZero() && sess.Failure.NextAttemptAt.After(due) {
+		due = sess.Failure.NextAttemptAt
 	}
 	return due
 }
 
-// renewalPoint is when a token that is being read is renewed in the background.
-func renewalPoint(role *roleEntry, st *tokenEntry) time.Time {
-	lead := min(st.effectiveMinTTL(role.MinTTL)+backgroundLead, st.lifetime()/2)
-	return st.ExpiresAt.Add(-lead)
+// renewalPoint is when a token that is being read is renewed in the background: always
+// strictly before reads stop accepting it, whatever min_ttl.
+func renewalPoint(name string, role *roleEntry, t *sessionTokens) time.Time {
+	end := t.readableUntil(role.MinTTL)
+	span := end.Sub(t.ObtainedAt)
+	if span <= 0 {
+		return t.ObtainedAt
+	}
+	lead := time.Duration(float64(span) * (leadMin + (leadMax-leadMin)*jitter(name, t.ObtainedAt)))
+	return end.Add(-max(lead, time.Millisecond))
 }
 
 // keepAlivePoint is when an idle session's refresh token is used to keep it alive: a
-// quarter of its lifetime (at most a day) before it expires. Zero when its expiry is
-// unknown or there is no refresh token.
-func keepAlivePoint(st *tokenEntry) time.Time {
-	if st.RefreshToken == "" || st.RefreshExpiresAt.IsZero() {
+// quarter of its lifetime (at most a day) before it expires, or a day after it was
+// obtained when its lifetime is unknown. Zero when there is no refresh token.
+func keepAlivePoint(name string, t *sessionTokens) time.Time {
+	if t.RefreshToken == "" {
 		return time.Time{}
 	}
-	lead := min(st.RefreshExpiresAt.Sub(st.ObtainedAt)/4, maxKeepAliveLead)
-	return st.RefreshExpiresAt.Add(-lead)
+	spread := time.Duration(float64(keepAliveJitter) * jitter(name, t.ObtainedAt))
+	if t.RefreshExpiresAt.IsZero() {
+		return t.ObtainedAt.Add(unknownKeepAlive - spread)
+	}
+	lead := min(t.RefreshExpiresAt.Sub(t.ObtainedAt)/4, maxKeepAliveLead)
+	return t.RefreshExpiresAt.Add(-lead - min(spread, lead/4))
 }
 
-// periodic is Vault's PeriodicFunc: it renews the sessions that are due. It does work
-// only where this node may write storage; its cost grows with the number of sessions
-// due, not with the number of roles.
-func (b *backend) periodic(ctx context.Context, req *logical.Request) error {
-	if !b.canWrite() {
-		return nil
-	}
-	if err := b.sched.build(func() (map[string]time.Time, error) { return b.scanDue(ctx, req.Storage) }); err != nil {
-		return err
-	}
-	for _, name := range b.sched.popDue(b.now()) {
-		if err := ctx.Err(); err != nil {
-			b.sched.set(name, b.now())
-			continue
-		}
-		b.background(ctx, req.Storage, name)
-	}
-	return nil
-}
-
-// scanDue reads every role once to build the schedule. Only a failure to list the
-// roles fails the build.
-func (b *backend) scanDue(ctx context.Context, s logical.Storage) (map[string]time.Time, error) {
-	names, err := s.List(ctx, rolePrefix)
-	if err != nil {
-		return nil, fmt.Errorf("listing roles: %w", err)
-	}
-	due := make(map[string]time.Time, len(names))
-	now := b.now()
-	for _, name := range names {
-		lock := locksutil.LockForKey(b.roleLocks, name)
-		lock.Lock()
-		rc, err := b.loadState(ctx, s, name)
-		lock.Unlock()
-		if err != nil {
-			// One unreadable role must not stop the background for the others, nor make
-			// every run scan again: it is tried alone at the next run.
-			b.Logger().Warn("background renewal could not load the role", "role", name, "error", err)
-			due[name] = now.Add(time.Minute)
-			continue
-		}
-		if rc != nil {
-			if at := dueTime(rc.role, rc.token, now); !at.IsZero() {
-				due[name] = at
-			}
-		}
-	}
-	return due, nil
-}
-
-// background renews one role's session if it is due: a token being read at its
-// renewal point, an idle one at its refresh token's keep-alive point.
-func (b *backend) background(ctx context.Context, s logical.Storage, name string) {
-	// A renewal, once started, runs to its end and is saved (see getToken).
-	ctx = context.WithoutCancel(ctx)
-	lock := locksutil.LockForKey(b.roleLocks, name)
-	lock.Lock()
-	defer lock.Unlock()
-
-	served := false
-	if cached, ok := b.cacheLoaded(name); ok {
-		served = cached.served.Load()
-	}
-	rc, err := b.loadState(ctx, s, name)
-	if err != nil {
-		b.Logger().Warn("background renewal could not load the role", "role", name, "error", err)
-		b.sched.set(name, b.now().Add(time.Minute))
-		return
-	}
-	if rc == nil || rc.token == nil || rc.token.AccessToken == "" || !rc.role.BackgroundRefresh {
-		return
-	}
-	now := b.now()
-	if rc.unsaved {
-		if err := b.persist(ctx, s, name, rc.role, rc.token); err != nil {
-			return
-		}
-	}
-	st := rc.token
-	keep := keepAlivePoint(st)
-	renewAt := renewalPoint(rc.role, st)
-	switch {
-	case served && !now.Before(renewAt):
-	case !keep.IsZero() && !now.Before(keep):
-	default:
-		// Not due: an idle token waits for its refresh token's keep-alive point.
-		next := keep
-		if served && (keep.IsZero() || renewAt.Before(keep)) {
-			next = renewAt
-		}
-		b.sched.set(name, next)
-		return
-	}
-	if _, _, err := b.renew(ctx, s, name, rc); err != nil {
-		b.Logger().Warn("background renewal failed", "role", name, "error", err)
-		b.sched.set(name, b.now().Add(time.Minute))
-	}
-}
-
-// markServed records that a role's current token was handed out. The first time, it
-// makes sure the background renews the token by its renewal point: while nobody read
-// it, the schedule may have put it off until its refresh token's keep-alive point.
-func (b *backend) markServed(name string, rc *roleCache) {
-	if rc.served.Load() || rc.served.Swap(true) {
-		return
-	}
-	if rc.role.BackgroundRefresh {
-		b.sched.advance(name, renewalPoint(rc.role, rc.token))
-	}
+// jitter is a number in [0, 1) fixed for a role's token: the same every time it is
+// computed, different across roles and tokens.
+func jitter(name string, obtained time.Time) float64 {
+	h := fnv.New64a()
+	_, _ = h.Write([]byte(name))
+	var buf [8]byte
+	binary.LittleEndian.PutUint64(buf[:], uint64(obtained.UnixNano()))
+	_, _ = h.Write(buf[:])
+	return float64(h.Sum64()>>11) / (1 << 53)
 }
 
 // schedule is the in-memory set of due times of background work, in a min-heap.
@@ -196,18 +118,6 @@ func (s *schedule) setLocked(name string, at time.Time) {
 	if len(s.queue) > 2*len(s.due)+64 {
 		s.compact()
 	}
-}
-
-// advance makes a role due at at, unless it is due earlier already. Like touch, it
-// acts only on a built schedule: building computes every due time anyway, and a node
-// that never runs the background (a standby) keeps no schedule.
-func (s *schedule) advance(name string, at time.Time) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if cur, ok := s.due[name]; !s.built || (ok && !cur.After(at)) {
-		return
-	}
-	s.setLocked(name, at)
 }
 
 // touch makes a role due now, so that the next run re-reads it; used when another
@@ -259,6 +169,20 @@ func (s *schedule) popDue(now time.Time) []string {
 		}
 	}
 	return names
+}
+
+// next is the earliest due time; zero when nothing is scheduled.
+func (s *schedule) next() time.Time {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for len(s.queue) > 0 {
+		item := s.queue[0]
+		if at, ok := s.due[item.name]; ok && at.Equal(item.at) {
+			return item.at
+		}
+		heap.Pop(&s.queue)
+	}
+	return time.Time{}
 }
 
 // len is the number of roles scheduled.

@@ -38,11 +38,14 @@ func (e *testEnv) rollback() error {
 	return err
 }
 
+// runPeriodic runs Vault's periodic function and waits for the background work it
+// started.
 func (e *testEnv) runPeriodic(tb testing.TB) {
 	tb.Helper()
 	if err := e.rollback(); err != nil {
 		tb.Fatalf("periodic function: %v", err)
 	}
+	e.b.bg.wait()
 }
 
 // periodicAsync runs the periodic function in a goroutine; the channel is closed when
@@ -84,8 +87,10 @@ func (e *testEnv) readAsync(tb testing.TB) <-chan any {
 // nodes; nodes[0] is the active node: a read a standby answers with ErrReadOnly is run
 // there again, as Vault forwards it.
 type schedSim struct {
-	p         *fakeProvider
-	nodes     []*testEnv
+	p     *fakeProvider
+	nodes []*testEnv
+	// readVia are the nodes reads go through, in turn (all nodes when empty).
+	readVia   []*testEnv
 	readEvery time.Duration
 	tickEvery time.Duration
 
@@ -94,8 +99,10 @@ type schedSim struct {
 	forwarded int
 	// readCalls counts provider calls made inside reads after the first read.
 	readCalls int
-	// tickCalls counts provider calls made inside periodic runs, per node.
-	tickCalls []int
+	// tickCalls counts provider calls made inside periodic runs, per node, and
+	// timerCalls those made by the background renewals the engine timed itself.
+	tickCalls  []int
+	timerCalls int
 }
 
 func newSchedSim(p *fakeProvider, readEvery, tickEvery time.Duration, nodes ...*testEnv) *schedSim {
@@ -125,13 +132,19 @@ func (s *schedSim) run(tb testing.TB, d time.Duration) {
 				s.tickCalls[i] += s.p.calls("") - before
 			}
 		}
+		before := s.p.calls("")
 		s.nodes[0].clock.Add(step)
+		s.timerCalls += s.p.calls("") - before
 	}
 }
 
 func (s *schedSim) read(tb testing.TB) {
 	tb.Helper()
-	node := s.nodes[s.reads%len(s.nodes)]
+	via := s.readVia
+	if len(via) == 0 {
+		via = s.nodes
+	}
+	node := via[s.reads%len(via)]
 	resp, err := node.request(tb, logical.ReadOperation, "creds/app", nil)
 	if errors.Is(err, logical.ErrReadOnly) {
 		s.forwarded++
@@ -144,105 +157,146 @@ func (s *schedSim) read(tb testing.TB) {
 }
 
 func (s *schedSim) backgroundCalls() int {
-	n := 0
+	n := s.timerCalls
 	for _, c := range s.tickCalls {
 		n += c
 	}
 	return n
 }
 
-// idealRenewals is how many renewals the schedule policy makes in d for a token of the
-// given lifetime that is read all the time: the first token is obtained at 0, at a
-// periodic run, and each token is renewed by the first periodic run at or after its
-// renewalPoint.
-func idealRenewals(role *roleEntry, lifetime, tickEvery, d time.Duration) int {
-	start := time.Unix(0, 0)
+// idealRenewals is how many renewals the schedule policy makes in d, from start, for
+// role name's token of the given lifetime that is read all the time: each token is
+// renewed exactly at its renewalPoint, and never otherwise.
+func idealRenewals(name string, role *roleEntry, lifetime time.Duration, start time.Time, d time.Duration) int {
 	for n, obtained := 0, start; ; n++ {
-		st := &tokenEntry{AccessToken: "x", ObtainedAt: obtained, ExpiresAt: obtained.Add(lifetime)}
-		at := renewalPoint(role, st).Sub(start)
-		next := (at + tickEvery - 1) / tickEvery * tickEvery
-		if next >= d {
+		t := &sessionTokens{AccessToken: "x", ObtainedAt: obtained, ExpiresAt: obtained.Add(lifetime)}
+		next := renewalPoint(name, role, t)
+		if next.Sub(start) >= d {
 			return n
 		}
-		obtained = start.Add(next)
+		obtained = next
 	}
 }
 
 func TestSchedule_Policy(t *testing.T) {
 	t0 := time.Date(2026, 3, 2, 9, 0, 0, 0, time.UTC)
-	session := func(lifetime time.Duration, refreshTTL time.Duration) *tokenEntry {
-		st := &tokenEntry{AccessToken: "at", ObtainedAt: t0, ExpiresAt: t0.Add(lifetime)}
+	session := func(lifetime time.Duration, refreshTTL time.Duration) *sessionEntry {
+		sess := &sessionEntry{Tokens: sessionTokens{AccessToken: "at", ObtainedAt: t0, ExpiresAt: t0.Add(lifetime)}}
 		if refreshTTL >= 0 {
-			st.RefreshToken = "rt"
+			sess.Tokens.RefreshToken = "rt"
 		}
 		if refreshTTL > 0 {
-			st.RefreshExpiresAt = t0.Add(refreshTTL)
+			sess.Tokens.RefreshExpiresAt = t0.Add(refreshTTL)
 		}
-		return st
+		return sess
 	}
 	role := &roleEntry{MinTTL: time.Minute, BackgroundRefresh: true}
+	// between is the window [from, to] after t0.
+	type between [2]time.Duration
 	cases := map[string]struct {
-		role       *roleEntry
-		st         *tokenEntry
-		renewal    time.Duration // after t0
-		keepAlive  time.Duration // after t0; 0: none
-		due        time.Duration // after t0; 0: never
-		wantNoDue  bool
-		wantNoKeep bool
+		role *roleEntry
+		sess *sessionEntry
+		// readable: when reads stop accepting the token; renewal: where the renewal
+		// point must fall, strictly before readable.
+		readable  time.Duration
+		renewal   between
+		keepAlive between // zero: none
+		// dueServed and dueIdle: the due time for a token that is read and an idle one.
+		dueServed, dueIdle string // "renewal", "keep-alive" or "never"
 	}{
-		"20-minute token: min_ttl plus the lead": {
-			role: role, st: session(20*time.Minute, -1),
-			renewal: 20*time.Minute - 150*time.Second, due: 20*time.Minute - 150*time.Second, wantNoKeep: true,
+		"20-minute token: 10 to 25 percent of the readable span before min_ttl": {
+			role: role, sess: session(20*time.Minute, -1), readable: 19 * time.Minute,
+			renewal: between{19*time.Minute - 285*time.Second, 19*time.Minute - 114*time.Second}, dueServed: "renewal", dueIdle: "never",
 		},
-		"short token: half its lifetime": {
-			role: role, st: session(4*time.Minute, 0),
-			renewal: 2 * time.Minute, due: 2 * time.Minute, wantNoKeep: true,
+		"60-second token, min_ttl 10s": {
+			role: &roleEntry{MinTTL: 10 * time.Second, BackgroundRefresh: true}, sess: session(time.Minute, -1), readable: 50 * time.Second,
+			renewal: between{50*time.Second - 12500*time.Millisecond, 45 * time.Second}, dueServed: "renewal", dueIdle: "never",
 		},
-		"min_ttl capped at half the lifetime": {
-			role: &roleEntry{MinTTL: time.Hour, BackgroundRefresh: true}, st: session(20*time.Minute, 0),
-			renewal: 10 * time.Minute, due: 10 * time.Minute, wantNoKeep: true,
+		"min_ttl at 0.6 of the lifetime: capped, and the renewal comes before half the lifetime": {
+			role: &roleEntry{MinTTL: 12 * time.Minute, BackgroundRefresh: true}, sess: session(20*time.Minute, 0), readable: 10 * time.Minute,
+			renewal: between{7*time.Minute + 30*time.Second, 9 * time.Minute}, keepAlive: between{23 * time.Hour, 24 * time.Hour},
+			dueServed: "renewal", dueIdle: "keep-alive",
 		},
-		"mindbaz: keep-alive a day before the 7-day refresh token dies": {
-			role: role, st: session(20*time.Minute, 168*time.Hour),
-			renewal: 20*time.Minute - 150*time.Second, keepAlive: 144 * time.Hour, due: 20*time.Minute - 150*time.Second,
+		"min_ttl 0: before the expiry": {
+			role: &roleEntry{BackgroundRefresh: true}, sess: session(20*time.Minute, -1), readable: 20 * time.Minute,
+			renewal: between{15 * time.Minute, 18 * time.Minute}, dueServed: "renewal", dueIdle: "never",
 		},
-		"short refresh token: keep-alive a quarter before its expiry, before the renewal point": {
-			role: role, st: session(20*time.Minute, 8*time.Minute),
-			renewal: 20*time.Minute - 150*time.Second, keepAlive: 6 * time.Minute, due: 6 * time.Minute,
+		"mindbaz: keep-alive a day (and up to an hour) before the 7-day refresh token dies": {
+			role: role, sess: session(20*time.Minute, 168*time.Hour), readable: 19 * time.Minute,
+			renewal:   between{19*time.Minute - 285*time.Second, 19*time.Minute - 114*time.Second},
+			keepAlive: between{143 * time.Hour, 144 * time.Hour}, dueServed: "renewal", dueIdle: "keep-alive",
+		},
+		"refresh token lifetime unknown: kept alive daily": {
+			role: role, sess: session(20*time.Minute, 0), readable: 19 * time.Minute,
+			renewal:   between{19*time.Minute - 285*time.Second, 19*time.Minute - 114*time.Second},
+			keepAlive: between{23 * time.Hour, 24 * time.Hour}, dueServed: "renewal", dueIdle: "keep-alive",
+		},
+		"short refresh token: keep-alive before the renewal point": {
+			role: role, sess: session(20*time.Minute, 8*time.Minute), readable: 19 * time.Minute,
+			renewal:   between{19*time.Minute - 285*time.Second, 19*time.Minute - 114*time.Second},
+			keepAlive: between{5*time.Minute + 30*time.Second, 6 * time.Minute}, dueServed: "keep-alive", dueIdle: "keep-alive",
 		},
 		"background refresh off: never due": {
-			role: &roleEntry{MinTTL: time.Minute}, st: session(20*time.Minute, 168*time.Hour),
-			renewal: 20*time.Minute - 150*time.Second, keepAlive: 144 * time.Hour, wantNoDue: true,
-		},
-		"failure record only: never due": {
-			role: role, st: &tokenEntry{LastError: "x"}, wantNoDue: true, wantNoKeep: true,
+			role: &roleEntry{MinTTL: time.Minute}, sess: session(20*time.Minute, 168*time.Hour), readable: 19 * time.Minute,
+			renewal:   between{19*time.Minute - 285*time.Second, 19*time.Minute - 114*time.Second},
+			keepAlive: between{143 * time.Hour, 144 * time.Hour}, dueServed: "never", dueIdle: "never",
 		},
 	}
 	for name, tc := range cases {
 		t.Run(name, func(t *testing.T) {
-			if tc.st.AccessToken != "" {
-				if got := renewalPoint(tc.role, tc.st).Sub(t0); got != tc.renewal {
-					t.Errorf("renewalPoint = t0+%s, want t0+%s", got, tc.renewal)
-				}
+			tok := &tc.sess.Tokens
+			if got := tok.readableUntil(tc.role.MinTTL).Sub(t0); got != tc.readable {
+				t.Errorf("readable until t0+%s, want t0+%s", got, tc.readable)
 			}
-			keep := keepAlivePoint(tc.st)
-			switch {
-			case tc.wantNoKeep && !keep.IsZero():
+			renew := renewalPoint("app", tc.role, tok)
+			if got := renew.Sub(t0); got < tc.renewal[0] || got > tc.renewal[1] || got >= tc.readable {
+				t.Errorf("renewalPoint = t0+%s, want within t0+%s..t0+%s and before t0+%s", got, tc.renewal[0], tc.renewal[1], tc.readable)
+			}
+			if renewalPoint("app", tc.role, tok) != renew {
+				t.Error("renewalPoint is not the same when computed again")
+			}
+			keep := keepAlivePoint("app", tok)
+			switch got := keep.Sub(t0); {
+			case tc.keepAlive == between{} && !keep.IsZero():
 				t.Errorf("keepAlivePoint = %s, want none", keep)
-			case !tc.wantNoKeep && keep.Sub(t0) != tc.keepAlive:
-				t.Errorf("keepAlivePoint = t0+%s, want t0+%s", keep.Sub(t0), tc.keepAlive)
+			case tc.keepAlive != between{} && (got < tc.keepAlive[0] || got > tc.keepAlive[1]):
+				t.Errorf("keepAlivePoint = t0+%s, want within t0+%s..t0+%s", got, tc.keepAlive[0], tc.keepAlive[1])
 			}
-			due := dueTime(tc.role, tc.st, t0)
-			switch {
-			case tc.wantNoDue && !due.IsZero():
-				t.Errorf("dueTime = %s, want never", due)
-			case !tc.wantNoDue && due.Sub(t0) != tc.due:
-				t.Errorf("dueTime = t0+%s, want t0+%s", due.Sub(t0), tc.due)
+			for served, want := range map[bool]string{true: tc.dueServed, false: tc.dueIdle} {
+				wantAt := map[string]time.Time{"renewal": renew, "keep-alive": keep, "never": {}}[want]
+				if got := dueTime("app", tc.role, tc.sess, served); !got.Equal(wantAt) {
+					t.Errorf("dueTime(served=%v) = %s, want %s (%s)", served, got, wantAt, want)
+				}
 			}
 		})
 	}
-	if dueTime(role, nil, t0) != (time.Time{}) {
+	if dueTime("app", role, nil, true) != (time.Time{}) {
 		t.Error("a role without a session is due")
+	}
+	failing := session(20*time.Minute, -1)
+	failing.Failure.NextAttemptAt = t0.Add(time.Hour)
+	if got := dueTime("app", role, failing, true); !got.Equal(t0.Add(time.Hour)) {
+		t.Errorf("a failing role is due at %s, want the end of its retry window", got)
+	}
+}
+
+// TestSchedule_Jitter: roles whose tokens were obtained in the same second renew at
+// points spread over the lead window, not in the same second.
+func TestSchedule_Jitter(t *testing.T) {
+	t0 := time.Date(2026, 3, 2, 9, 0, 0, 0, time.UTC)
+	role := &roleEntry{MinTTL: time.Minute, BackgroundRefresh: true}
+	tok := &sessionTokens{AccessToken: "at", ObtainedAt: t0, ExpiresAt: t0.Add(20 * time.Minute)}
+	seconds := map[int64]int{}
+	for i := range 300 {
+		seconds[renewalPoint(fmt.Sprintf("role-%d", i), role, tok).Unix()]++
+	}
+	busiest := 0
+	for _, n := range seconds {
+		busiest = max(busiest, n)
+	}
+	// 300 roles over a window of 171 seconds: a few per second at most.
+	if len(seconds) < 100 || busiest > 8 {
+		t.Errorf("300 roles renew in %d distinct seconds, up to %d in one", len(seconds), busiest)
 	}
 }
 
@@ -259,6 +313,9 @@ func TestSchedule_Queue(t *testing.T) {
 	s.set("d", time.Time{}) // removed
 	if got := s.popDue(at(0)); len(got) != 0 {
 		t.Errorf("popDue before anything is due = %v", got)
+	}
+	if got := s.next(); !got.Equal(at(1)) {
+		t.Errorf("next = %s, want the earliest, a at %s", got, at(1))
 	}
 	if got := strings.Join(s.popDue(at(3)), ","); got != "a,c" {
 		t.Errorf("popDue(3) = %q, want a,c in order", got)
@@ -322,8 +379,9 @@ func TestPeriodic_SimulatedDay(t *testing.T) {
 		t.Errorf("password logins %d (want 1), refreshes %d (ideal %d), provider calls inside reads after the first %d (want 0)",
 			res.logins, res.refreshes, res.ideal, res.readCalls)
 	}
-	if res.ideal != 79 { // 1050 s renewal point, runs every 60 s: every 1080 s, 80 tokens a day
-		t.Errorf("ideal renewals = %d, want 79", res.ideal)
+	// A renewal point 114 to 285 s before min_ttl: every 855 to 1026 s.
+	if res.ideal < 84 || res.ideal > 101 {
+		t.Errorf("ideal renewals = %d, want 84 to 101 a day", res.ideal)
 	}
 }
 
@@ -336,14 +394,45 @@ func simulateDay(tb testing.TB) dayResult {
 	tb.Helper()
 	env := getTestBackend(tb)
 	p := withMindbaz(tb, env, 20*time.Minute, nil, nil)
+	start := env.clock.Now()
 	sim := newSchedSim(p, time.Second, time.Minute, env)
 	sim.run(tb, 24*time.Hour)
 	role := &roleEntry{MinTTL: defaultMinTTL, BackgroundRefresh: true}
 	return dayResult{
 		logins:    p.calls(grantPassword),
 		refreshes: p.calls(grantRefresh),
-		ideal:     idealRenewals(role, p.accessTTL, time.Minute, 24*time.Hour),
+		ideal:     idealRenewals("app", role, p.accessTTL, start, 24*time.Hour),
 		readCalls: sim.readCalls,
+	}
+}
+
+// TestPeriodic_ShortTokensNeverWaitReads: tokens shorter than Vault's one-minute
+// periodic call, or with min_ttl at or above half their lifetime, are renewed by the
+// engine's own timer before reads stop accepting them: in steady state no read waits.
+func TestPeriodic_ShortTokensNeverWaitReads(t *testing.T) {
+	cases := map[string]struct {
+		lifetime time.Duration
+		minTTL   string
+		span     time.Duration
+		reading  time.Duration
+	}{
+		"60-second token, min_ttl 10s":          {lifetime: time.Minute, minTTL: "10s", span: time.Hour, reading: 2 * time.Second},
+		"120-second token, min_ttl 10s":         {lifetime: 2 * time.Minute, minTTL: "10s", span: time.Hour, reading: 2 * time.Second},
+		"20-minute token, min_ttl 0.6 lifetime": {lifetime: 20 * time.Minute, minTTL: "720s", span: 3 * time.Hour, reading: 3 * time.Second},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			env := getTestBackend(t)
+			p := withMindbaz(t, env, tc.lifetime, nil, map[string]any{"min_ttl": tc.minTTL})
+			sim := newSchedSim(p, tc.reading, time.Minute, env)
+			sim.run(t, tc.span)
+			if sim.readCalls != 0 || p.calls(grantPassword) != 1 {
+				t.Errorf("%d provider calls inside reads, %d logins over %s; want 0 and 1", sim.readCalls, p.calls(grantPassword), tc.span)
+			}
+			if min := int(tc.span / tc.lifetime); p.calls(grantRefresh) < min {
+				t.Errorf("%d refreshes, want at least %d", p.calls(grantRefresh), min)
+			}
+		})
 	}
 }
 
@@ -385,9 +474,9 @@ func expiringSessions(p *fakeProvider, rtTTL time.Duration, tell bool) func() in
 }
 
 // TestPeriodic_IdleSessionKeptAlive reads once, then leaves the role idle for three
-// weeks with the periodic function every minute. When the refresh token's lifetime is
-// known the background keeps the session alive with refresh grants alone; when it is
-// not known, or background refresh is off, the session dies and the next read logs in.
+// weeks. Whether the refresh token's lifetime is known or not, the background keeps the
+// session alive with refresh grants alone (at least daily when unknown); when background
+// refresh is off, the session dies and the next read logs in.
 func TestPeriodic_IdleSessionKeptAlive(t *testing.T) {
 	const idle = 21 * 24 * time.Hour
 	generic := map[string]any{"provider": "generic"}
@@ -395,30 +484,33 @@ func TestPeriodic_IdleSessionKeptAlive(t *testing.T) {
 		conn, role     map[string]any
 		rtTTL          time.Duration
 		tell           bool
-		background     int // provider calls by the periodic function
-		finalGrants    int // provider calls of the read after three weeks
+		background     [2]int // provider calls by the background: at least, at most
+		finalGrants    int    // provider calls of the read after three weeks
 		logins         int
 		rejectedTokens int
 	}{
 		"mindbaz preset: refresh_token_ttl 168h": {
 			rtTTL: 168 * time.Hour,
-			// The renewal of the read token at 18 min, then one keep-alive every 144 h.
-			background: 1 + 3, finalGrants: 1, logins: 1,
+			// The renewal of the read token, then one keep-alive every 143 to 144 h.
+			background: [2]int{1 + 3, 1 + 3}, finalGrants: 1, logins: 1,
 		},
 		"refresh_expires_in from the provider": {
 			conn: generic, rtTTL: 72 * time.Hour, tell: true,
-			// Keep-alive a quarter (18 h) before expiry: every 54 h.
-			background: 1 + 9, finalGrants: 1, logins: 1,
+			// Keep-alive 18 h (and up to an hour) before expiry: every 53 to 54 h.
+			background: [2]int{1 + 9, 1 + 9}, finalGrants: 1, logins: 1,
 		},
-		"refresh token lifetime unknown": {
+		"refresh token lifetime unknown: refreshed at least daily": {
 			conn: generic, rtTTL: 168 * time.Hour,
-			// The dead refresh token is presented once, then the password.
-			background: 1, finalGrants: 2, logins: 2, rejectedTokens: 1,
+			background: [2]int{1 + 20, 1 + 22}, finalGrants: 1, logins: 1,
+		},
+		"unknown lifetime, idle timeout of a day and a half (Keycloak offline session)": {
+			conn: generic, rtTTL: 36 * time.Hour,
+			background: [2]int{1 + 20, 1 + 22}, finalGrants: 1, logins: 1,
 		},
 		"background refresh off": {
 			role: map[string]any{"background_refresh": false}, rtTTL: 168 * time.Hour,
 			// The refresh token is known to be expired: straight to the password.
-			background: 0, finalGrants: 1, logins: 2,
+			background: [2]int{0, 0}, finalGrants: 1, logins: 2,
 		},
 	}
 	for name, tc := range cases {
@@ -431,9 +523,10 @@ func TestPeriodic_IdleSessionKeptAlive(t *testing.T) {
 			before := p.calls("")
 			env.readCreds(t, "app")
 			final := p.calls("") - before
-			if sim.backgroundCalls() != tc.background || final != tc.finalGrants || p.calls(grantPassword) != tc.logins || rejected() != tc.rejectedTokens {
-				t.Errorf("background calls %d, final read calls %d, password logins %d, rejected refresh tokens %d; want %d, %d, %d, %d",
-					sim.backgroundCalls(), final, p.calls(grantPassword), rejected(), tc.background, tc.finalGrants, tc.logins, tc.rejectedTokens)
+			bg := sim.backgroundCalls()
+			if bg < tc.background[0] || bg > tc.background[1] || final != tc.finalGrants || p.calls(grantPassword) != tc.logins || rejected() != tc.rejectedTokens {
+				t.Errorf("background calls %d, final read calls %d, password logins %d, rejected refresh tokens %d; want %v, %d, %d, %d",
+					bg, final, p.calls(grantPassword), rejected(), tc.background, tc.finalGrants, tc.logins, tc.rejectedTokens)
 			}
 		})
 	}
@@ -451,17 +544,17 @@ func TestPeriodic_BackgroundRefreshOff(t *testing.T) {
 	if sim.readCalls == 0 || sim.readCalls != p.calls(grantRefresh) {
 		t.Errorf("reads made %d provider calls, refreshes %d: want every renewal from a read", sim.readCalls, p.calls(grantRefresh))
 	}
-	if n := env.b.sched.len(); n != 0 {
+	if n := env.b.bg.sched.len(); n != 0 {
 		t.Errorf("schedule holds %d roles", n)
 	}
 }
 
-// seedRoles writes n roles with fresh sessions straight to storage, none of them due
-// for another 17 minutes.
+// seedRoles writes n roles with fresh sessions straight to storage, none of them read:
+// the background keeps them for their keep-alive point, days away.
 func seedRoles(tb testing.TB, env *testEnv, n int) {
 	tb.Helper()
 	ctx := context.Background()
-	conn, err := env.b.connection(ctx, env.storage, "conn")
+	_, conn, err := env.b.connection(ctx, env.storage, "conn")
 	if err != nil || conn == nil {
 		tb.Fatalf("connection: %v", err)
 	}
@@ -469,15 +562,18 @@ func seedRoles(tb testing.TB, env *testEnv, n int) {
 	for i := range n {
 		name := fmt.Sprintf("role-%05d", i)
 		role := &roleEntry{Config: "conn", MinTTL: defaultMinTTL, BackgroundRefresh: true}
-		st := &tokenEntry{
-			Config: "conn", AccountVersion: conn.AccountVersion, AccessToken: "at-" + name, TokenType: "Bearer",
-			ObtainedAt: now, ExpiresAt: now.Add(20 * time.Minute), LastGrant: grantPassword,
-			RefreshToken: "rt-" + name, RefreshExpiresAt: now.Add(168 * time.Hour),
+		sess := &sessionEntry{
+			Format: sessionFormat, Revision: 1,
+			Account: sessionAccount{Config: "conn", AccountVersion: conn.AccountVersion},
+			Tokens: sessionTokens{
+				AccessToken: "at-" + name, TokenType: "Bearer", ObtainedAt: now, ExpiresAt: now.Add(20 * time.Minute),
+				Grant: grantPassword, RefreshToken: "rt-" + name, RefreshExpiresAt: now.Add(168 * time.Hour),
+			},
 		}
 		if err := putJSON(ctx, env.storage.Storage, rolePrefix+name, role); err != nil {
 			tb.Fatal(err)
 		}
-		if err := putJSON(ctx, env.storage.Storage, tokenPrefix+name, st); err != nil {
+		if err := putJSON(ctx, env.storage.Storage, tokenPrefix+name, sess); err != nil {
 			tb.Fatal(err)
 		}
 	}
@@ -494,94 +590,80 @@ func newSeededEnv(tb testing.TB, n int) (*testEnv, *fakeProvider) {
 	})
 	seedRoles(tb, env, n)
 	env.runPeriodic(tb)
-	if got := env.b.sched.len(); got != n {
+	if got := env.b.bg.sched.len(); got != n {
 		tb.Fatalf("schedule built with %d roles, want %d", got, n)
 	}
 	return env, p
 }
 
-// TestPeriodic_NothingDueTouchesNothing: once the schedule is built, a run with nothing
-// due makes no storage operation and no provider call; when idle sessions come due
-// each is read once and put back to its keep-alive point.
+// TestPeriodic_NothingDueTouchesNothing: once the schedule is built, runs with nothing
+// due make no storage operation and no provider call, also past the renewal points of
+// tokens nobody reads: idle sessions wait for their keep-alive point.
 func TestPeriodic_NothingDueTouchesNothing(t *testing.T) {
 	const roles = 500
 	env, p := newSeededEnv(t, roles)
 	ops := env.storage.ops()
-	for range 15 {
+	for range 30 {
 		env.clock.Add(time.Minute)
 		env.runPeriodic(t)
 	}
-	if got := env.storage.ops() - ops; got != 0 || p.calls("") != 0 {
-		t.Errorf("15 runs with nothing due made %d storage operations and %d provider calls", got, p.calls(""))
-	}
-	env.clock.Add(3 * time.Minute) // past every renewal point; nobody read the tokens
-	env.runPeriodic(t)
-	if got := env.storage.ops() - ops; got == 0 || got > 2*roles || p.calls("") != 0 {
-		t.Errorf("the run at the renewal points made %d storage operations (want 1..%d) and %d provider calls (want 0)", got, 2*roles, p.calls(""))
-	}
-	ops = env.storage.ops()
-	env.clock.Add(time.Minute)
-	env.runPeriodic(t)
-	if got := env.storage.ops() - ops; got != 0 || env.b.sched.len() != roles {
-		t.Errorf("the next run made %d storage operations, schedule holds %d roles", got, env.b.sched.len())
+	if got := env.storage.ops() - ops; got != 0 || p.calls("") != 0 || env.b.bg.sched.len() != roles {
+		t.Errorf("30 runs with nothing due made %d storage operations and %d provider calls; %d roles scheduled", got, p.calls(""), env.b.bg.sched.len())
 	}
 }
 
-// waitForLockWaiter returns once a goroutine running fn waits for a lock.
-func waitForLockWaiter(tb testing.TB, fn string) {
+// waitForFlightWaiter returns once a goroutine waits in renewFor for a renewal that
+// another one runs.
+func waitForFlightWaiter(tb testing.TB) {
 	tb.Helper()
 	buf := make([]byte, 1<<20)
 	deadline := time.Now().Add(30 * time.Second)
 	for time.Now().Before(deadline) {
 		n := runtime.Stack(buf, true)
 		for _, g := range strings.Split(string(buf[:n]), "\n\n") {
-			if strings.Contains(g, "sync.(*RWMutex).Lock") && strings.Contains(g, fn) {
+			if strings.Contains(g, " [select") && strings.Contains(g, "(*backend).renewFor(") {
 				return
 			}
 		}
 		runtime.Gosched()
 	}
-	tb.Fatalf("no goroutine in %s waits for a lock", fn)
+	tb.Fatal("no goroutine waits for a renewal in flight")
 }
 
-// TestPeriodic_SharesTheRoleLock: a read and a background renewal of the same expiry
+// TestPeriodic_SharesTheRenewal: a read and a background renewal of the same expiry
 // wait for each other: one provider call, one token.
-func TestPeriodic_SharesTheRoleLock(t *testing.T) {
-	cases := map[string]struct {
-		readFirst bool
-		waiter    string // the function the second one waits in
-	}{
-		"a read waits for a background renewal": {waiter: "(*backend).getToken"},
-		"a background renewal waits for a read": {readFirst: true, waiter: "(*backend).background"},
-	}
-	for name, tc := range cases {
+func TestPeriodic_SharesTheRenewal(t *testing.T) {
+	for name, readFirst := range map[string]bool{
+		"a read waits for a background renewal": false,
+		"a background renewal waits for a read": true,
+	} {
 		t.Run(name, func(t *testing.T) {
 			env := getTestBackend(t)
 			p := withMindbaz(t, env, 0, nil, nil)
 			old := env.readCreds(t, "app").Data["access_token"]
-			env.runPeriodic(t)
 			// Past the renewal point and under min_ttl left: both want a new token.
+			// (No periodic run yet: the engine's timer is not running.)
 			env.clock.Add(p.accessTTL - 30*time.Second)
 
 			received, release := holdRefresh(p)
-
 			var read <-chan any
 			var periodic <-chan struct{}
-			if tc.readFirst {
+			if readFirst {
 				read = env.readAsync(t)
 			} else {
 				periodic = env.periodicAsync(t)
 			}
 			<-received // the first one's refresh request is at the provider
-			if tc.readFirst {
+			if readFirst {
 				periodic = env.periodicAsync(t)
 			} else {
 				read = env.readAsync(t)
 			}
-			waitForLockWaiter(t, tc.waiter)
+			waitForFlightWaiter(t)
 			release()
 			<-periodic
 			got := <-read
+			env.b.bg.wait()
 			if p.calls(grantRefresh) != 1 || p.calls("") != 2 {
 				t.Errorf("provider calls: %d refreshes, %d in all; want 1 refresh after the login", p.calls(grantRefresh), p.calls(""))
 			}
@@ -620,8 +702,7 @@ func TestBurst(t *testing.T) {
 	env := getTestBackend(t)
 	p := withMindbaz(t, env, 0, nil, nil)
 	old := env.readCreds(t, "app").Data["access_token"]
-	env.runPeriodic(t)
-	env.clock.Add(p.accessTTL) // exactly the expiry
+	env.clock.Add(p.accessTTL) // exactly the expiry (no periodic run yet: no timer)
 	before := p.calls("")
 	periodic := env.periodicAsync(t)
 	tokens := burstReads(t, env, 1000)
@@ -671,9 +752,9 @@ func TestPeriodic_ScheduleFollowsWrites(t *testing.T) {
 			sim.run(t, time.Hour) // renewed once while read, then idle: waits for its keep-alive point
 			tc.change(t, env)
 			sim.run(t, time.Minute)
-			env.b.sched.mu.Lock()
-			_, scheduled := env.b.sched.due["app"]
-			env.b.sched.mu.Unlock()
+			env.b.bg.sched.mu.Lock()
+			_, scheduled := env.b.bg.sched.due["app"]
+			env.b.bg.sched.mu.Unlock()
 			if scheduled != tc.want {
 				t.Fatalf("scheduled = %v, want %v", scheduled, tc.want)
 			}
@@ -691,19 +772,25 @@ func TestPeriodic_ScheduleFollowsWrites(t *testing.T) {
 }
 
 // TestPeriodic_ReadsResumeAfterIdle: a token renewed in the background and then left
-// unread past its renewal point waits for its keep-alive point; when reads resume it
-// is renewed by the next periodic run, before any read has to wait for the provider.
+// unread past its renewal point waits for its keep-alive point; when reads resume while
+// it is still accepted, it is renewed in time, before any read has to wait.
 func TestPeriodic_ReadsResumeAfterIdle(t *testing.T) {
 	env := getTestBackend(t)
 	p := withMindbaz(t, env, 20*time.Minute, nil, nil)
 	idle := newSchedSim(p, 0, time.Minute, env)
-	// Renewed at 18 min, then not read: at 36 min, past its renewal point (35.5 min),
-	// it is left for its keep-alive point.
-	idle.run(t, 37*time.Minute)
+	idle.run(t, 20*time.Minute) // renewed once (it was read), then not read
+	if idle.backgroundCalls() != 1 {
+		t.Fatalf("background calls = %d, want 1", idle.backgroundCalls())
+	}
+	sess := env.storedSession(t, "app")
+	readable := sess.Tokens.readableUntil(defaultMinTTL)
+	// Idle past its renewal point: nothing happens until reads resume, 30 s before
+	// reads would stop accepting the token.
+	resume := readable.Add(-30 * time.Second).Sub(env.clock.Now()).Truncate(time.Minute)
+	idle.run(t, resume)
 	if idle.backgroundCalls() != 1 {
 		t.Fatalf("background calls while idle = %d, want 1", idle.backgroundCalls())
 	}
-	// Reads resume at 37 min, when the token has exactly min_ttl left.
 	busy := newSchedSim(p, time.Second, time.Minute, env)
 	busy.reads = 1 // not a first read: count every provider call it makes
 	busy.elapsed = idle.elapsed
@@ -714,7 +801,7 @@ func TestPeriodic_ReadsResumeAfterIdle(t *testing.T) {
 }
 
 // TestPeriodic_RetriesAfterFailure: a background renewal that fails (HTTP 503 with
-// Retry-After) is retried by the next periodic run, before reads have to wait.
+// Retry-After) is retried when its retry window ends, before reads have to wait.
 func TestPeriodic_RetriesAfterFailure(t *testing.T) {
 	env := getTestBackend(t)
 	p := withMindbaz(t, env, 20*time.Minute, nil, nil)
@@ -758,8 +845,8 @@ func TestPeriodic_UnreadableRole(t *testing.T) {
 	if got := env.storage.lists.Load() - lists; got != 0 {
 		t.Errorf("10 runs listed the roles %d times: the schedule was not built", got)
 	}
-	if got := env.storage.gets.Load() - gets; got > 10*2 {
-		t.Errorf("10 runs read storage %d times: more than the broken role each minute", got)
+	if got := env.storage.gets.Load() - gets; got > 10*3 {
+		t.Errorf("10 runs read storage %d times: more than the broken role (its role, connection and session) each minute", got)
 	}
 	sim.run(t, time.Hour)
 	if sim.backgroundCalls() == 0 || sim.readCalls != 0 {

@@ -2,593 +2,757 @@ package bearer
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
-	"fmt"
-	"net/http"
-	"strings"
-	"sync/atomic"
 	"time"
 
-	"github.com/hashicorp/vault/sdk/helper/locksutil"
 	"github.com/hashicorp/vault/sdk/logical"
 )
 
+// The renewal of a role's tokens. docs/renewal.md is the design: the states, the
+// decision table and, for each step, what is written and why a crash between two
+// writes is safe. decide below is that table; renewal carries one renewal out.
+
 const (
-	// retryInterval is the least time between two provider attempts for a failing role.
-	retryInterval = 5 * time.Second
-	// rejectionBackoff is the first pause after the provider rejects the password; it
-	// doubles with each further rejection up to maxRejectionBackoff.
+	// retryInterval is the retry window after a first failed attempt; it doubles with
+	// each further failure up to maxRetryInterval.
+	retryInterval    = 5 * time.Second
+	maxRetryInterval = 5 * time.Minute
+	// rejectionBackoff is the first pause after the provider rejects the credentials;
+	// it doubles with each further rejection up to maxRejectionBackoff.
 	rejectionBackoff    = 15 * time.Minute
 	maxRejectionBackoff = 4 * time.Hour
 )
 
-// tokenEntry is a role's session as stored at tokens/<role>: its tokens and the record
-// of its failures. An entry without an access token holds failure state only.
-type tokenEntry struct {
-	// Config and AccountVersion name the account the tokens belong to.
-	Config         string `json:"config"`
-	AccountVersion uint64 `json:"account_version"`
+// step is what a renewal does next.
+type step int
 
-	AccessToken      string    `json:"access_token,omitempty"`
-	TokenType        string    `json:"token_type,omitempty"`
-	Scope            string    `json:"scope,omitempty"`
-	ExpiresAt        time.Time `json:"expires_at"`
-	ObtainedAt       time.Time `json:"obtained_at"`
-	RefreshToken     string    `json:"refresh_token,omitempty"`
-	RefreshExpiresAt time.Time `json:"refresh_expires_at"`
-	LastGrant        string    `json:"last_grant,omitempty"`
+const (
+	// stepServe: the current access token is good enough.
+	stepServe step = iota
+	// stepWaitRetry: a recent attempt failed and its retry window has not passed.
+	stepWaitRetry
+	// stepRefresh: present the refresh token.
+	stepRefresh
+	// stepWaitRejection: the credentials were rejected and the backoff has not passed.
+	stepWaitRejection
+	// stepLogin: log in with the password.
+	stepLogin
+)
 
-	LastError           string    `json:"last_error,omitempty"`
-	LastErrorAt         time.Time `json:"last_error_at"`
-	ConsecutiveFailures int       `json:"consecutive_failures,omitempty"`
-
-	// CredentialsRejectedAt is when the provider last rejected the password grant,
-	// for the connection's credentials at RejectedCredentialsVersion; Rejections
-	// counts consecutive rejections and sets the backoff.
-	CredentialsRejectedAt      time.Time `json:"credentials_rejected_at"`
-	RejectedCredentialsVersion uint64    `json:"rejected_credentials_version,omitempty"`
-	Rejections                 int       `json:"rejections,omitempty"`
+func (s step) String() string {
+	return [...]string{"serve", "wait retry", "refresh", "wait rejection", "log in"}[s]
 }
 
-// lifetime is the token's full validity.
-func (t *tokenEntry) lifetime() time.Duration {
-	return t.ExpiresAt.Sub(t.ObtainedAt)
+// situation is what decide looks at.
+type situation struct {
+	now    time.Time
+	force  bool // renew even if the token is good enough
+	minTTL time.Duration
+	tokens sessionTokens
+	// failure and the connection's revision: a config write lifts a retry window.
+	failure      failureRecord
+	connRevision uint64
+	// rejection is the connection's record, if any, and conn the connection as it is.
+	rejection *rejection
+	conn      *connEntry
 }
 
-// effectiveMinTTL caps a requested minimum validity at half the token's lifetime, so
-// that a short-lived token is not renewed on every read.
-func (t *tokenEntry) effectiveMinTTL(minTTL time.Duration) time.Duration {
-	return min(minTTL, t.lifetime()/2)
-}
-
-// usable reports whether the access token has at least minTTL (capped) left.
-func (t *tokenEntry) usable(now time.Time, minTTL time.Duration) bool {
-	return t != nil && t.AccessToken != "" && t.ExpiresAt.Sub(now) >= t.effectiveMinTTL(minTTL)
-}
-
-// valid reports whether the access token has not expired.
-func (t *tokenEntry) valid(now time.Time) bool {
-	return t != nil && t.AccessToken != "" && now.Before(t.ExpiresAt)
-}
-
-// refreshable reports whether a refresh token is held and not known to be expired.
-func (t *tokenEntry) refreshable(now time.Time) bool {
-	return t.RefreshToken != "" && (t.RefreshExpiresAt.IsZero() || now.Before(t.RefreshExpiresAt))
-}
-
-// rejectedFor reports whether a recorded rejection applies to the connection's
-// current credentials.
-func (t *tokenEntry) rejectedFor(conn *connEntry) bool {
-	return conn != nil && !t.CredentialsRejectedAt.IsZero() && t.RejectedCredentialsVersion == conn.CredentialsVersion
-}
-
-// loginAllowedAt is when a password login may next be tried; zero means now.
-func (t *tokenEntry) loginAllowedAt(conn *connEntry) time.Time {
-	if !t.rejectedFor(conn) {
-		return time.Time{}
+// decide picks a renewal's next step (docs/renewal.md, "Deciding").
+func decide(s situation) step {
+	switch {
+	case !s.force && s.tokens.usable(s.now, s.minTTL):
+		return stepServe
+	case s.failure.ConnRevision == s.connRevision && s.now.Before(s.failure.NextAttemptAt):
+		return stepWaitRetry
+	case s.tokens.refreshable(s.now):
+		return stepRefresh
+	case s.rejection.holdsBack(s.conn, s.now):
+		return stepWaitRejection
 	}
-	backoff := rejectionBackoff
-	for i := 1; i < t.Rejections && backoff < maxRejectionBackoff; i++ {
-		backoff *= 2
-	}
-	return t.CredentialsRejectedAt.Add(min(backoff, maxRejectionBackoff))
-}
-
-// roleCache is what the fast path reads without a lock: a role and its session. It is
-// replaced, never changed, except for served.
-type roleCache struct {
-	role  *roleEntry
-	token *tokenEntry // nil: no session
-	// view is the token's part of a creds answer that no read changes, built once.
-	view *credsView
-	// unsaved marks a session that could not be persisted yet: reads take the slow
-	// path until it is.
-	unsaved bool
-	// served records that the current access token was handed out, which makes it
-	// worth renewing in the background.
-	served atomic.Bool
-}
-
-// attemptState rate-limits a failing role's provider attempts. Only used under the
-// role's lock.
-type attemptState struct {
-	next               time.Time
-	err                error
-	credentialsVersion uint64
-}
-
-// connRejection records, in memory, that a connection's credentials were rejected, so
-// that every role using the connection holds back its logins: the provider counts
-// failed logins per account, not per role.
-type connRejection struct {
-	conn       *connEntry // the connection as it was; a change of its credentials lifts the record
-	at         time.Time
-	rejections int
-	allowed    time.Time
-	cause      string
-}
-
-// connectionRejection returns the rejection recorded for a connection's current
-// credentials, or nil.
-func (b *backend) connectionRejection(name string, conn *connEntry) *connRejection {
-	v, ok := b.rejections.Load(name)
-	if !ok {
-		return nil
-	}
-	if r := v.(*connRejection); r.conn.CredentialsVersion == conn.CredentialsVersion {
-		return r
-	}
-	return nil
+	return stepLogin
 }
 
 // tokenResult is what a creds request returns.
 type tokenResult struct {
-	token    *tokenEntry
-	view     *credsView // nil: build it from token
-	minTTL   time.Duration
+	tokens *sessionTokens
+	creds  *credsView // nil: build it from tokens
+	minTTL time.Duration
+	// now is the clock the answer is computed with: read after the provider answered.
+	now      time.Time
 	warnings []string
+	// how is how the read was answered, for the metrics: cached, renewed, stale.
+	how string
+	// attempted: the result comes from a renewal attempt, not from a token someone
+	// else renewed.
+	attempted bool
+	// forwardedOnce: false when this is a node that cannot write and the first read of
+	// the token, which goes to the active node.
+	forwardedOnce bool
 }
-
-// userError is a mistake of the caller's (an unknown role or connection): it becomes
-// a 400 response.
-type userError struct{ msg string }
-
-func (e *userError) Error() string { return e.msg }
 
 // getToken returns a token of role name with at least minTTL left (0: the role's
 // min_ttl), renewing it when needed; force renews it in any case.
 func (b *backend) getToken(ctx context.Context, s logical.Storage, name string, minTTL time.Duration, force bool) (tokenResult, error) {
+	rs := b.roleState(name)
 	if !force {
-		if v, ok := b.cache.Load(name); ok {
-			rc := v.(*roleCache)
-			want := max(rc.role.MinTTL, minTTL)
-			if !rc.unsaved && rc.token.usable(b.now(), want) {
-				b.markServed(name, rc)
-				return tokenResult{token: rc.token, view: rc.view, minTTL: want}, nil
+		// The fast path: no lock, no storage, no provider.
+		if v := rs.view.Load(); v != nil && !v.unsaved && v.creds != nil {
+			want := max(v.role.MinTTL, minTTL)
+			now := b.now()
+			if t := &v.session.Tokens; t.usable(now, want) {
+				if !v.served.Load() && !b.firstServe(rs, v) {
+					// A standby sends the first read of each token to the active node,
+					// so that it knows the token is in use and renews it in time.
+					return tokenResult{}, logical.ErrReadOnly
+				}
+				return tokenResult{tokens: t, creds: v.creds, minTTL: want, now: now, how: answeredCached}, nil
 			}
 		}
 	}
+	return b.renewFor(ctx, s, rs, renewOptions{minTTL: minTTL, force: force})
+}
 
-	lock := locksutil.LockForKey(b.roleLocks, name)
-	lock.Lock()
-	defer lock.Unlock()
-
-	rc, err := b.loadState(ctx, s, name)
-	if err != nil {
-		return tokenResult{}, err
-	}
-	if rc == nil {
-		return tokenResult{}, &userError{fmt.Sprintf("role %q does not exist: create it with vault write <mount>/roles/%s config=<connection>", name, name)}
-	}
-	want := max(rc.role.MinTTL, minTTL)
-	res := tokenResult{minTTL: want}
-	// From here on a reader that goes away must not cut a renewal short: the provider
-	// may already have rotated the refresh token, and the new one must reach storage.
-	// request_timeout bounds how long this takes.
-	ctx = context.WithoutCancel(ctx)
-	if rc.unsaved {
-		if err := b.persist(ctx, s, name, rc.role, rc.token); err != nil {
-			res.warnings = append(res.warnings, "the role's newest tokens could not be saved to storage yet: "+err.Error())
-		} else if latest, ok := b.cacheLoaded(name); ok {
-			rc = latest
-		}
-	}
-	if !force && rc.token.usable(b.now(), want) {
-		b.markServed(name, rc)
-		res.token, res.view = rc.token, rc.view
-		return res, nil
+// firstServe marks a view's token as served and reports whether this node may answer
+// with it: on the active node the token becomes due at its renewal point; a node that
+// cannot write answers the first read of each token with ErrReadOnly instead.
+func (b *backend) firstServe(rs *roleState, v *roleView) bool {
+	if !v.served.CompareAndSwap(false, true) {
+		return true
 	}
 	if !b.canWrite() {
-		// Let Vault run the request on the active node, before any provider call.
-		return tokenResult{}, logical.ErrReadOnly
+		return false
 	}
-	tok, warning, err := b.renew(ctx, s, name, rc)
+	b.bg.schedule(rs.name, dueTime(rs.name, v.role, v.session, true))
+	return true
+}
+
+// renewOptions says what a renewal is for.
+type renewOptions struct {
+	minTTL time.Duration
+	force  bool
+	// background: the periodic renewal, which renews only what is due.
+	background bool
+}
+
+// renewFor runs a renewal of a role, or waits for the one in flight and takes its
+// result: readers never queue one attempt behind another.
+func (b *backend) renewFor(ctx context.Context, s logical.Storage, rs *roleState, opts renewOptions) (tokenResult, error) {
+	for {
+		rs.mu.Lock()
+		if f := rs.flight; f != nil {
+			rs.mu.Unlock()
+			select {
+			case <-f.done:
+			case <-ctx.Done():
+				return tokenResult{}, ctx.Err()
+			}
+			if opts.force || opts.background {
+				continue // wants its own attempt
+			}
+			if res, ok := f.resultFor(b.now(), opts.minTTL); ok {
+				return res, f.err
+			}
+			continue
+		}
+		f := &flight{done: make(chan struct{})}
+		rs.flight = f
+		rs.mu.Unlock()
+
+		// From here on a reader that goes away must not cut a renewal short: the
+		// provider may already have rotated the refresh token, and the new one must
+		// reach storage. request_timeout bounds how long this takes.
+		f.res, f.err = b.renew(context.WithoutCancel(ctx), s, rs, opts)
+
+		rs.mu.Lock()
+		rs.flight = nil
+		rs.mu.Unlock()
+		close(f.done)
+		return f.res, f.err
+	}
+}
+
+// resultFor is a finished flight's result for a reader that waited for it and asks for
+// minTTL; false when that reader should start its own renewal (the flight served a
+// token that is not good enough for it, or ended without an answer for readers).
+func (f *flight) resultFor(now time.Time, minTTL time.Duration) (tokenResult, bool) {
+	if f.err != nil {
+		var perr *providerError
+		var uerr *userError
+		return tokenResult{}, errors.As(f.err, &perr) || errors.As(f.err, &uerr)
+	}
+	res := f.res
+	if res.tokens == nil || !res.tokens.valid(now) {
+		return tokenResult{}, false
+	}
+	want := max(res.minTTL, minTTL)
+	if !res.attempted && !res.tokens.usable(now, want) {
+		return tokenResult{}, false
+	}
+	res.minTTL, res.now = want, now
+	return res, true
+}
+
+// renew holds the role's lock and carries out one renewal.
+func (b *backend) renew(ctx context.Context, s logical.Storage, rs *roleState, opts renewOptions) (tokenResult, error) {
+	rs.acquire()
+	defer rs.release()
+	r, err := b.loadRenewal(ctx, s, rs)
 	if err != nil {
 		return tokenResult{}, err
 	}
-	if warning != "" {
-		res.warnings = append(res.warnings, warning)
+	r.minTTL = max(r.role.MinTTL, opts.minTTL)
+	r.force, r.background = opts.force, opts.background
+	if opts.background {
+		if !r.due() {
+			return tokenResult{}, nil
+		}
+		r.force = true
 	}
-	if latest, ok := b.cacheLoaded(name); ok && latest.token == tok {
-		b.markServed(name, latest)
-		res.view = latest.view
-	}
-	res.token = tok
-	return res, nil
+	return r.run()
 }
 
-// cacheLoaded returns the cached state of a role.
-func (b *backend) cacheLoaded(name string) (*roleCache, bool) {
-	v, ok := b.cache.Load(name)
-	if !ok {
-		return nil, false
-	}
-	return v.(*roleCache), true
+// renewal is one renewal of a role's session, under the role's lock.
+type renewal struct {
+	b   *backend
+	ctx context.Context
+	s   logical.Storage
+	rs  *roleState
+	cs  *connState
+
+	role   *roleEntry
+	conn   *connEntry
+	client *tokenClient
+	// stored is the entry as in storage (nil: none): the base of the next write.
+	stored *sessionEntry
+	// sess is the session as this renewal changes it.
+	sess sessionEntry
+	// old is the access token before the renewal, served after a failed one while valid.
+	old sessionTokens
+
+	// epoch is the role's when the renewal loaded it: after an invalidation (another
+	// node, or a change of the connection's account) its view is not installed.
+	epoch uint64
+
+	minTTL     time.Duration
+	force      bool
+	background bool
+	// refused is the refresh grant's refusal for a reason of configuration, surfaced
+	// when the password login that replaced it succeeds.
+	refused  string
+	warnings []string
 }
 
-// loadState reads a role and its session from storage (or the unsaved session kept in
-// memory) and caches them. The caller holds the role's lock. It returns nil for an
-// unknown role.
-func (b *backend) loadState(ctx context.Context, s logical.Storage, name string) (*roleCache, error) {
-	gen := b.generation.Load()
-	role := new(roleEntry)
-	found, err := getJSON(ctx, s, rolePrefix+name, role)
-	if err != nil || !found {
+// loadRenewal reads a role, its session and its connection, installs the role's view,
+// and writes an unsaved session if storage still holds the entry it follows.
+func (b *backend) loadRenewal(ctx context.Context, s logical.Storage, rs *roleState) (*renewal, error) {
+	epoch := rs.snapshot()
+	role, err := b.role(ctx, s, rs.name)
+	if err != nil {
 		return nil, err
 	}
-	rc := &roleCache{role: role}
-	if v, ok := b.pending.Load(name); ok {
-		rc.token, rc.unsaved = v.(*tokenEntry), true
-	} else {
-		tok := new(tokenEntry)
-		found, err := getJSON(ctx, s, tokenPrefix+name, tok)
-		if err != nil {
-			return nil, err
-		}
-		if found {
-			rc.token = tok
-		}
+	if role == nil {
+		rs.drop()
+		return nil, &userError{msgUnknownRole(rs.name)}
 	}
-	if rc.token != nil {
-		conn, err := b.connection(ctx, s, role.Config)
-		if err != nil {
-			return nil, err
-		}
-		if conn == nil || rc.token.Config != role.Config || rc.token.AccountVersion != conn.AccountVersion {
-			// The session belongs to another account: it is of no use to this role,
-			// saved or not.
-			rc.token, rc.unsaved = nil, false
-			b.pending.Delete(name)
-		}
-	}
-	if rc.token != nil {
-		rc.view = newCredsView(rc.token)
-	}
-	if old, ok := b.cacheLoaded(name); ok && old.token != nil && rc.token != nil && old.token.AccessToken == rc.token.AccessToken && old.served.Load() {
-		rc.served.Store(true)
-	}
-	b.cacheIfCurrent(&b.cache, name, rc, gen)
-	return rc, nil
-}
-
-// renew gets a new token for a role: with the refresh token while it lives, else with
-// the password. The caller holds the role's lock and has checked that this node may
-// write. It returns the token to hand out and, when that token is an older one served
-// after a failed renewal, a warning.
-func (b *backend) renew(ctx context.Context, s logical.Storage, name string, rc *roleCache) (*tokenEntry, string, error) {
-	role := rc.role
-	conn, err := b.connection(ctx, s, role.Config)
+	cs, conn, err := b.connection(ctx, s, role.Config)
 	if err != nil {
-		return nil, "", err
+		return nil, err
 	}
 	if conn == nil {
-		return nil, "", &userError{fmt.Sprintf("role %q uses connection %q, which does not exist: write <mount>/config/%s or point the role to another connection", name, role.Config, role.Config)}
+		return nil, &userError{msgUnknownConnection(rs.name, role.Config)}
 	}
-	now := b.now()
-	st := &tokenEntry{Config: role.Config, AccountVersion: conn.AccountVersion}
-	if rc.token != nil {
-		copied := *rc.token
-		st = &copied
-	}
-	old := rc.token
-
-	if v, ok := b.attempts.Load(name); ok {
-		att := v.(*attemptState)
-		if att.credentialsVersion == conn.CredentialsVersion && now.Before(att.next) {
-			err := fmt.Errorf("%w; the next attempt is allowed at %s", att.err, formatTime(att.next))
-			return b.serveStale(old, now, err)
-		}
-	}
-	client, err := b.client(role.Config, conn)
-	if err != nil {
-		return nil, "", fmt.Errorf("connection %q: %w", role.Config, err)
-	}
-	secrets := []string{conn.Password, conn.ClientSecret, st.RefreshToken}
-
-	if st.refreshable(now) {
-		tok, err := client.refreshGrant(ctx, st.RefreshToken)
-		if err == nil {
-			return b.succeeded(ctx, s, name, role, conn, st, tok, grantRefresh, now)
-		}
-		var gerr *grantError
-		if !errors.As(err, &gerr) || gerr.kind == failTransient || gerr.kind == failInvalid {
-			return b.failed(ctx, s, name, role, conn, st, old, now, err, secrets, false)
-		}
-		// The refresh token is dead, or may have been used by a request whose answer
-		// was lost: it is never presented again.
-		b.Logger().Info("refresh token not usable, logging in with the password", "role", name, "connection", role.Config, "reason", redact(err.Error(), secrets...))
-		st.RefreshToken, st.RefreshExpiresAt = "", time.Time{}
-	}
-
-	rejectedAt, cause, allowed := st.CredentialsRejectedAt, st.LastError, st.loginAllowedAt(conn)
-	if r := b.connectionRejection(role.Config, conn); r != nil && r.allowed.After(allowed) {
-		// Another role's login with these credentials was rejected: the account is
-		// the same, so is the backoff.
-		rejectedAt, cause, allowed = r.at, r.cause, r.allowed
-	}
-	if !allowed.IsZero() && now.Before(allowed) {
-		err := fmt.Errorf("connection %q rejected the credentials of user %q at %s (%s); to protect the account from lockout no login is tried before %s: update the credentials with vault write <mount>/config/%s password=<new password> (or client_secret=<new secret>)",
-			role.Config, conn.Username, formatTime(rejectedAt), cause, formatTime(allowed), role.Config)
-		if st.RefreshToken == "" && rc.token != nil && rc.token.RefreshToken != "" {
-			// The refresh token was just given up: record that before answering.
-			if perr := b.persist(ctx, s, name, role, st); perr != nil {
-				return nil, "", perr
-			}
-		}
-		return b.serveStale(old, now, err)
-	}
-	tok, err := client.passwordGrant(ctx, role.Scopes)
-	if err == nil {
-		return b.succeeded(ctx, s, name, role, conn, st, tok, grantPassword, now)
-	}
-	var gerr *grantError
-	rejected := errors.As(err, &gerr) && gerr.credentialsRejected()
-	if rejected {
-		if st.RejectedCredentialsVersion != conn.CredentialsVersion {
-			st.Rejections = 0
-		}
-		if r := b.connectionRejection(role.Config, conn); r != nil {
-			st.Rejections = max(st.Rejections, r.rejections)
-		}
-		st.CredentialsRejectedAt = now
-		st.RejectedCredentialsVersion = conn.CredentialsVersion
-		st.Rejections++
-		b.rejections.Store(role.Config, &connRejection{
-			conn: conn, at: now, rejections: st.Rejections, allowed: st.loginAllowedAt(conn), cause: redact(err.Error(), secrets...),
-		})
-		b.Logger().Warn("provider rejected the password login", "role", name, "connection", role.Config, "username", conn.Username, "next_login_at", formatTime(st.loginAllowedAt(conn)))
-	}
-	return b.failed(ctx, s, name, role, conn, st, old, now, err, secrets, rejected)
-}
-
-// succeeded records new tokens, persists them and returns the access token.
-func (b *backend) succeeded(ctx context.Context, s logical.Storage, name string, role *roleEntry, conn *connEntry, st *tokenEntry, tok *tokenResponse, grant string, now time.Time) (*tokenEntry, string, error) {
-	// The tokens belong to the account they were obtained from.
-	st.Config, st.AccountVersion = role.Config, conn.AccountVersion
-	st.AccessToken = tok.AccessToken
-	st.TokenType = tok.TokenType
-	st.Scope = tok.Scope
-	st.ObtainedAt = now
-	st.ExpiresAt = tok.ExpiresAt
-	if !st.ExpiresAt.After(now) {
-		// A token that is already expired by our clock: count it as one second long
-		// rather than never valid, and let the next read renew it.
-		st.ExpiresAt = now.Add(time.Second)
-	}
-	if tok.RefreshToken != "" {
-		st.RefreshToken = tok.RefreshToken
-		st.RefreshExpiresAt = tok.RefreshExpiresAt
-		if st.RefreshExpiresAt.IsZero() && conn.RefreshTokenTTL > 0 {
-			st.RefreshExpiresAt = now.Add(conn.RefreshTokenTTL)
-		}
-	} else if !tok.RefreshExpiresAt.IsZero() {
-		st.RefreshExpiresAt = tok.RefreshExpiresAt
-	}
-	st.LastGrant = grant
-	st.ConsecutiveFailures = 0
-	st.CredentialsRejectedAt, st.RejectedCredentialsVersion, st.Rejections = time.Time{}, 0, 0
-	b.attempts.Delete(name)
-	b.Logger().Debug("obtained a token", "role", name, "connection", role.Config, "grant", grant, "expires_at", formatTime(st.ExpiresAt))
-	if err := b.persist(ctx, s, name, role, st); err != nil {
-		return nil, "", fmt.Errorf("role %q: a new token was obtained but could not be saved; it is kept in memory and saved at the next chance: %w", name, err)
-	}
-	return st, "", nil
-}
-
-// failed records a failure, persists the record and serves the old token while it is
-// still valid.
-func (b *backend) failed(ctx context.Context, s logical.Storage, name string, role *roleEntry, conn *connEntry, st, old *tokenEntry, now time.Time, cause error, secrets []string, rejected bool) (*tokenEntry, string, error) {
-	msg := redact(cause.Error(), secrets...)
-	st.LastError = msg
-	st.LastErrorAt = now
-	st.ConsecutiveFailures++
-	next := now.Add(retryInterval)
-	var gerr *grantError
-	if errors.As(cause, &gerr) && gerr.retryAfter > retryInterval {
-		next = now.Add(gerr.retryAfter)
-	}
-	b.Logger().Warn("token request failed", "role", name, "connection", role.Config, "error", msg, "consecutive_failures", st.ConsecutiveFailures)
-
-	var err error
-	if rejected {
-		err = fmt.Errorf("connection %q rejected the credentials of user %q: %s; to protect the account from lockout no login is tried before %s: update the credentials with vault write <mount>/config/%s password=<new password> (or client_secret=<new secret>)",
-			role.Config, conn.Username, msg, formatTime(st.loginAllowedAt(conn)), role.Config)
-		// The rejection's own backoff gates the next login and says when it is.
-		b.attempts.Delete(name)
-	} else {
-		err = fmt.Errorf("could not get a token from connection %q (%s): %s", role.Config, conn.TokenURL, msg)
-		if gerr != nil && gerr.advice() != "" {
-			err = fmt.Errorf("%w; %s", err, gerr.advice())
-		}
-		b.attempts.Store(name, &attemptState{next: next, err: err, credentialsVersion: conn.CredentialsVersion})
-	}
-	if perr := b.persist(ctx, s, name, role, st); perr != nil {
-		b.Logger().Warn("could not save the failure record", "role", name, "error", perr)
-	}
-	return b.serveStale(old, now, err)
-}
-
-// serveStale returns the old token with a warning while it is still valid, else the error.
-func (b *backend) serveStale(old *tokenEntry, now time.Time, err error) (*tokenEntry, string, error) {
-	if old.valid(now) {
-		return old, fmt.Sprintf("served the current token, valid until %s, because renewing it failed: %s", formatTime(old.ExpiresAt), err), nil
-	}
-	return nil, "", &providerError{err}
-}
-
-// persist writes a session and updates the cache and the schedule. When the write
-// fails the session is kept in memory, marked unsaved, and written at the next chance.
-func (b *backend) persist(ctx context.Context, s logical.Storage, name string, role *roleEntry, st *tokenEntry) error {
-	err := putJSON(ctx, s, tokenPrefix+name, st)
-	rc := &roleCache{role: role, token: st, view: newCredsView(st), unsaved: err != nil}
-	b.invalidateMu.Lock()
-	if conn, ok := b.conns.Load(role.Config); ok && conn.(*connEntry).AccountVersion == st.AccountVersion {
-		b.cache.Store(name, rc)
-	} else {
-		// The connection changed (or was dropped) while the session was renewed: the
-		// next read loads it from storage and checks which account it belongs to.
-		b.cache.Delete(name)
-	}
-	b.invalidateMu.Unlock()
-	if err != nil {
-		b.pending.Store(name, st)
-		b.sched.set(name, b.now().Add(time.Minute))
-		return err
-	}
-	b.pending.Delete(name)
-	b.sched.set(name, dueTime(role, st, b.now()))
-	return nil
-}
-
-// discardTokens forgets a role's session, ending it at the revocation endpoint when one
-// is configured (best effort). The failure record is kept. The caller holds the lock.
-func (b *backend) discardTokens(ctx context.Context, s logical.Storage, name, reason string) error {
-	st := new(tokenEntry)
-	if v, ok := b.pending.Load(name); ok {
-		st = v.(*tokenEntry)
-	} else {
-		found, err := getJSON(ctx, s, tokenPrefix+name, st)
-		if err != nil || !found {
-			return err
-		}
-	}
-	if st.RefreshToken != "" {
-		// Only to the provider that issued it: a connection pointed elsewhere since
-		// must never receive this refresh token.
-		if conn, err := b.connection(ctx, s, st.Config); err == nil && conn != nil && conn.AccountVersion == st.AccountVersion {
-			if client, err := b.client(st.Config, conn); err == nil {
-				if err := client.revoke(ctx, st.RefreshToken); err != nil {
-					b.Logger().Info("could not revoke a discarded session", "role", name, "error", redact(err.Error(), st.RefreshToken, conn.Password, conn.ClientSecret))
-				}
-			}
-		}
-	}
-	kept := &tokenEntry{
-		Config: st.Config, AccountVersion: st.AccountVersion,
-		LastError: st.LastError, LastErrorAt: st.LastErrorAt, ConsecutiveFailures: st.ConsecutiveFailures,
-		CredentialsRejectedAt: st.CredentialsRejectedAt, RejectedCredentialsVersion: st.RejectedCredentialsVersion, Rejections: st.Rejections,
-	}
-	if err := putJSON(ctx, s, tokenPrefix+name, kept); err != nil {
-		return err
-	}
-	b.pending.Delete(name)
-	b.Logger().Info("session discarded", "role", name, "reason", reason)
-	return nil
-}
-
-// forget drops a role's cached state and makes the role due now, so that the next
-// periodic run reads it again: an idle session must stay scheduled for its keep-alive.
-func (b *backend) forget(name string) {
-	b.invalidateMu.Lock()
-	b.generation.Add(1)
-	b.cache.Delete(name)
-	b.invalidateMu.Unlock()
-	b.sched.set(name, b.now())
-}
-
-// client returns the cached HTTP token client of a connection.
-func (b *backend) client(name string, conn *connEntry) (*tokenClient, error) {
-	if v, ok := b.clients.Load(name); ok {
-		c := v.(*tokenClient)
-		if c.conn == conn {
-			return c, nil
-		}
-	}
-	hc, err := newHTTPClient(conn)
+	stored, legacy, err := readSession(ctx, s, rs.name)
 	if err != nil {
 		return nil, err
 	}
-	c := &tokenClient{conn: conn, http: hc, now: b.now, sleep: b.sleep}
-	b.clients.Store(name, c)
-	return c, nil
-}
-
-// providerError is a failure to get a token from the provider: Vault answers 502.
-type providerError struct{ err error }
-
-func (e *providerError) Error() string { return e.err.Error() }
-func (e *providerError) Unwrap() error { return e.err }
-
-// responseError turns an error into Vault's answer: a 400 for user mistakes, a 502 for
-// provider failures, the error itself (500) for storage failures.
-func responseError(mount string, err error) (*logical.Response, error) {
-	var uerr *userError
-	if errors.As(err, &uerr) {
-		return logical.ErrorResponse(withMount(uerr.msg, mount)), nil
+	r := &renewal{b: b, ctx: ctx, s: s, rs: rs, cs: cs, role: role, conn: conn, stored: stored, epoch: epoch}
+	if legacy.appliesTo(conn) {
+		b.adoptRejection(ctx, s, cs, legacy)
 	}
-	var perr *providerError
-	if errors.As(err, &perr) {
-		return nil, logical.CodedError(http.StatusBadGateway, withMount(perr.Error(), mount))
-	}
-	if isReadOnlyErr(err) {
-		return nil, logical.ErrReadOnly
-	}
-	return nil, err
-}
 
-func withMount(msg, mount string) string {
-	if mount == "" {
-		mount = "bearer/"
+	var base uint64
+	if stored != nil {
+		r.sess, base = *stored, stored.Revision
 	}
-	return strings.ReplaceAll(msg, "<mount>/", mount)
-}
-
-// redact replaces every secret in s.
-func redact(s string, secrets ...string) string {
-	for _, secret := range secrets {
-		if len(secret) >= 4 {
-			s = strings.ReplaceAll(s, secret, "[redacted]")
+	if u := rs.unsaved.Load(); u != nil {
+		if u.base == base {
+			r.sess = *u.sess
+		} else {
+			// Storage moved on (another node renewed): it wins.
+			b.Logger().Info("dropped a session that storage has overtaken", "role", rs.name)
+			rs.unsaved.Store(nil)
 		}
 	}
-	return s
-}
-
-func getJSON(ctx context.Context, s logical.Storage, key string, v any) (bool, error) {
-	entry, err := s.Get(ctx, key)
-	if err != nil {
-		return false, fmt.Errorf("reading %s: %w", key, err)
+	if r.sess.Account != (sessionAccount{Config: role.Config, AccountVersion: conn.AccountVersion}) {
+		// The session belongs to another account (or there is none): of no use here.
+		r.sess = sessionEntry{Revision: r.sess.Revision, Account: sessionAccount{Config: role.Config, AccountVersion: conn.AccountVersion}}
+		rs.unsaved.Store(nil)
 	}
-	if entry == nil {
-		return false, nil
-	}
-	if err := json.Unmarshal(entry.Value, v); err != nil {
-		return false, fmt.Errorf("decoding %s: %w", key, err)
-	}
-	return true, nil
-}
-
-func putJSON(ctx context.Context, s logical.Storage, key string, v any) error {
-	entry, err := logical.StorageEntryJSON(key, v)
-	if err != nil {
-		return fmt.Errorf("encoding %s: %w", key, err)
-	}
-	if err := s.Put(ctx, entry); err != nil {
-		if isReadOnlyErr(err) {
-			// Bare, so that Vault sees it and runs the request on a node that can write.
-			return logical.ErrReadOnly
+	r.old = r.sess.Tokens
+	rs.install(r.view(), r.epoch)
+	if rs.unsaved.Load() != nil {
+		if err := r.save(); err != nil {
+			r.warnings = append(r.warnings, msgUnsavedWarning(err))
 		}
-		return fmt.Errorf("writing %s: %w", key, err)
 	}
+	return r, nil
+}
+
+// view is the role's view of the renewal's session.
+func (r *renewal) view() *roleView {
+	v := &roleView{role: r.role, unsaved: r.rs.unsaved.Load() != nil}
+	if r.sess.Tokens.AccessToken != "" || r.sess.Tokens.RefreshToken != "" || r.sess.Failure.Failures > 0 {
+		sess := r.sess
+		v.session = &sess
+		if sess.Tokens.AccessToken != "" {
+			v.creds = newCredsView(&v.session.Tokens)
+		}
+	}
+	return v
+}
+
+// due reports whether the background should renew now: a token being read at its
+// renewal point, an idle session at its keep-alive point.
+func (r *renewal) due() bool {
+	served := false
+	if v := r.rs.view.Load(); v != nil {
+		served = v.served.Load()
+	}
+	at := dueTime(r.rs.name, r.role, &r.sess, served)
+	if at.IsZero() || r.b.now().Before(at) {
+		r.b.bg.schedule(r.rs.name, at)
+		return false
+	}
+	return true
+}
+
+func (r *renewal) now() time.Time { return r.b.now() }
+
+func (r *renewal) situation() situation {
+	var rej *rejection
+	if a, err := r.b.accountRecord(r.ctx, r.s, r.cs); err == nil {
+		rej = a.Rejection
+	}
+	return situation{
+		now: r.now(), force: r.force, minTTL: r.minTTL, tokens: r.sess.Tokens,
+		failure: r.sess.Failure, connRevision: r.conn.Revision, rejection: rej, conn: r.conn,
+	}
+}
+
+// run decides and acts until the renewal has an answer.
+func (r *renewal) run() (tokenResult, error) {
+	for {
+		sit := r.situation()
+		next := decide(sit)
+		if next != stepServe && !r.b.canWrite() {
+			// Let Vault run the request on a node that can write, before any provider call.
+			return tokenResult{}, logical.ErrReadOnly
+		}
+		switch next {
+		case stepServe:
+			res := r.answer(&r.sess.Tokens, sit.now, answeredCached, false)
+			if !r.background && !r.b.canWrite() && res.creds != nil && !res.forwardedOnce {
+				// As on the fast path: a node that cannot write sends the first read of
+				// each token to the active node.
+				return tokenResult{}, logical.ErrReadOnly
+			}
+			return res, nil
+		case stepWaitRetry:
+			r.b.bg.schedule(r.rs.name, r.sess.Failure.NextAttemptAt)
+			return r.stale(sit.now, &providerError{errors.New(msgRetryLater(r.sess.Failure.Message, r.sess.Failure.NextAttemptAt))})
+		case stepWaitRejection:
+			return r.stale(sit.now, &providerError{errors.New(msgHeldBack(r.conn, sit.rejection))})
+		case stepRefresh:
+			if res, err, done := r.refresh(); done {
+				return res, err
+			}
+			// The refresh token is spent: decide again, which logs in.
+		case stepLogin:
+			return r.login()
+		}
+	}
+}
+
+// requests is how many requests the attempt may send for one grant: one where a valid
+// token can be served instead or the background will try again, else a few.
+func (r *renewal) requests() int {
+	if r.background || r.old.valid(r.now()) {
+		return 1
+	}
+	return maxAttemptRequests
+}
+
+// refresh presents the refresh token (R1 to R4 in docs/renewal.md). done is false when
+// the refresh token turned out spent and the renewal goes on with a login.
+func (r *renewal) refresh() (tokenResult, error, bool) {
+	client, err := r.clientFor()
+	if err != nil {
+		res, err := r.failed(err)
+		return res, err, true
+	}
+	rt := r.sess.Tokens.RefreshToken
+	// R1: the write-ahead mark, before anything is sent.
+	r.sess.Tokens.RefreshSentAt = r.now()
+	if err := r.save(); err != nil && r.storageHoldsUnmarked(rt) {
+		// Storage could not record that this refresh token is being presented, and
+		// others may present it: it is not sent.
+		r.sess.Tokens.RefreshSentAt = time.Time{}
+		res, err := r.stale(r.now(), msgMarkNotSaved(r.rs.name, err))
+		return res, err, true
+	}
+	tok, gerr := client.refreshGrant(r.ctx, rt, r.requests())
+	if gerr == nil {
+		res, err := r.succeeded(tok, grantRefresh)
+		return res, err, true
+	}
+	var ge *grantError
+	errors.As(gerr, &ge)
+	switch {
+	case ge != nil && ge.kind == failRejected && ge.refreshRefusedByConfiguration():
+		r.refused = r.redact(ge.Error())
+		r.b.Logger().Warn("the provider refused the refresh grant for a reason of configuration; logging in with the password", "role", r.rs.name, "connection", r.role.Config, "reason", r.refused)
+	case ge != nil && (ge.kind == failRejected || ge.kind == failAmbiguous):
+		r.b.Logger().Info("refresh token not usable, logging in with the password", "role", r.rs.name, "connection", r.role.Config, "reason", r.redact(ge.Error()))
+	default:
+		// R3: not sent, or not processed: the refresh token is still good.
+		r.sess.Tokens.RefreshSentAt = time.Time{}
+		res, err := r.failed(gerr)
+		return res, err, true
+	}
+	// R4: spent. Storage already says so (the mark); this session forgets it.
+	r.sess.Tokens.RefreshToken, r.sess.Tokens.RefreshExpiresAt, r.sess.Tokens.RefreshSentAt = "", time.Time{}, time.Time{}
+	return tokenResult{}, nil, false
+}
+
+// storageHoldsUnmarked reports whether storage holds refresh token rt without the
+// write-ahead mark, so that another node or a restart could present it.
+func (r *renewal) storageHoldsUnmarked(rt string) bool {
+	return r.stored != nil && r.stored.Tokens.RefreshToken == rt && r.stored.Tokens.RefreshSentAt.IsZero()
+}
+
+// login logs in with the password (L1 to L5 in docs/renewal.md).
+func (r *renewal) login() (tokenResult, error) {
+	if res, ok, err := r.takeSpare(); ok {
+		return res, err
+	}
+	client, err := r.clientFor()
+	if err != nil {
+		return r.failed(err)
+	}
+	version := r.conn.CredentialsVersion
+	// L1: while the credentials are unproven one login goes alone.
+	lead, shared := r.cs.gate.enter(r.ctx, version)
+	if shared != nil {
+		return r.failed(shared)
+	}
+	tok, err := client.passwordGrant(r.ctx, r.role.Scopes, r.requests())
+	var ge *grantError
+	if err != nil && errors.As(err, &ge) && ge.credentialsRejected() {
+		// L4: the account's record first, so that no role of the connection logs in
+		// again before the backoff.
+		err = r.rejected(ge)
+	}
+	if lead {
+		r.cs.gate.leave(version, err)
+	}
+	if err != nil {
+		return r.failed(err)
+	}
+	// L3: lift a rejection of these credentials, then save the session.
+	if err := r.b.updateAccount(r.ctx, r.s, r.cs, func(a *accountEntry) bool {
+		if a.Rejection == nil {
+			return false
+		}
+		a.Rejection = nil
+		return true
+	}); err != nil {
+		r.b.Logger().Warn("could not clear the connection's rejection record", "connection", r.role.Config, "error", err)
+	}
+	return r.succeeded(tok, grantPassword)
+}
+
+// rejected records that the provider rejected the connection's credentials, for every
+// role of the connection, and returns the error readers get.
+func (r *renewal) rejected(ge *grantError) error {
+	now := r.now()
+	cause := r.redact(ge.Error())
+	var rec rejection
+	err := r.b.updateAccount(r.ctx, r.s, r.cs, func(a *accountEntry) bool {
+		prev := a.Rejection
+		if prev.holdsBack(r.conn, now) {
+			// Another role's concurrent login already recorded this rejection.
+			rec = *prev
+			return false
+		}
+		rec = rejection{CredentialsVersion: r.conn.CredentialsVersion, At: now, Count: 1, Cause: cause, Client: ge.clientRejected()}
+		if prev.appliesTo(r.conn) {
+			rec.Count = prev.Count + 1
+		}
+		rec.NextLoginAt = now.Add(rejectionBackoffFor(rec.Count))
+		a.Rejection = &rec
+		return true
+	})
+	if err != nil {
+		r.b.Logger().Warn("could not save the connection's rejection record; it is kept in memory", "connection", r.role.Config, "error", err)
+	}
+	r.b.Logger().Warn("provider rejected the login", "role", r.rs.name, "connection", r.role.Config, "username", r.conn.Username,
+		"client_rejected", rec.Client, "next_login_at", formatTime(rec.NextLoginAt))
+	return &rejectedError{msg: msgRejected(r.conn, &rec)}
+}
+
+// rejectedError is a login the provider rejected.
+type rejectedError struct{ msg string }
+
+func (e *rejectedError) Error() string { return e.msg }
+
+// takeSpare gives the role the connection's spare session (L2), if there is one that
+// still serves.
+func (r *renewal) takeSpare() (tokenResult, bool, error) {
+	a, err := r.b.accountRecord(r.ctx, r.s, r.cs)
+	if err != nil || !a.Spare.usable(r.conn, r.now()) || len(r.role.Scopes) > 0 {
+		return tokenResult{}, false, nil
+	}
+	var taken *spareSession
+	err = r.b.updateAccount(r.ctx, r.s, r.cs, func(a *accountEntry) bool {
+		if !a.Spare.usable(r.conn, r.now()) {
+			return false
+		}
+		taken, a.Spare = a.Spare, nil
+		return true
+	})
+	if err != nil || taken == nil {
+		// Not taken for sure: the spare stays where it is.
+		return tokenResult{}, false, nil
+	}
+	r.sess.Tokens = taken.Tokens
+	r.sess.Failure = failureRecord{}
+	r.b.Logger().Debug("took the connection's spare session", "role", r.rs.name, "connection", r.role.Config)
+	if err := r.save(); err != nil {
+		return tokenResult{}, true, msgNotSaved(r.rs.name, err)
+	}
+	if !r.sess.Tokens.usable(r.now(), r.minTTL) {
+		return tokenResult{}, false, nil // only the refresh token serves: renew with it
+	}
+	return r.answer(&r.sess.Tokens, r.now(), answeredRenewed, true), true, nil
+}
+
+// succeeded records new tokens, saves them and answers with them.
+func (r *renewal) succeeded(tok *tokenResponse, grant string) (tokenResult, error) {
+	now := r.now()
+	t := &r.sess.Tokens
+	prevRT, prevRTExpiry := t.RefreshToken, t.RefreshExpiresAt
+	*t = sessionTokens{
+		AccessToken: tok.AccessToken, TokenType: tok.TokenType, Scope: tok.Scope,
+		ObtainedAt: tok.Started, ExpiresAt: tok.ExpiresAt, Grant: grant,
+		RefreshToken: prevRT, RefreshExpiresAt: prevRTExpiry,
+	}
+	if t.ObtainedAt.IsZero() || t.ObtainedAt.After(now) {
+		t.ObtainedAt = now
+	}
+	if !t.ExpiresAt.After(now) {
+		// A token that is already expired by our clock: count it as one second long
+		// rather than never valid, and let the next read renew it.
+		t.ExpiresAt = now.Add(time.Second)
+	}
+	if tok.RefreshToken != "" {
+		t.RefreshToken, t.RefreshExpiresAt = tok.RefreshToken, tok.RefreshExpiresAt
+		if t.RefreshExpiresAt.IsZero() && r.conn.RefreshTokenTTL > 0 {
+			t.RefreshExpiresAt = t.ObtainedAt.Add(r.conn.RefreshTokenTTL)
+		}
+	} else if !tok.RefreshExpiresAt.IsZero() {
+		t.RefreshExpiresAt = tok.RefreshExpiresAt
+	}
+	r.sess.Failure = failureRecord{}
+	if r.refused != "" {
+		r.sess.Failure.LastError, r.sess.Failure.LastErrorAt = msgRefreshRefused(r.role.Config, r.refused), now
+		r.warnings = append(r.warnings, msgRefreshRefusedWarning(r.role.Config, r.refused))
+	}
+	r.b.Logger().Debug("obtained a token", "role", r.rs.name, "connection", r.role.Config, "grant", grant, "expires_at", formatTime(t.ExpiresAt))
+	if err := r.save(); err != nil {
+		return tokenResult{}, msgNotSaved(r.rs.name, err)
+	}
+	return r.answer(t, now, answeredRenewed, true), nil
+}
+
+// failed records a failed attempt, with its retry window counted from now (the end of
+// the attempt), and serves the old token while it is still valid.
+func (r *renewal) failed(cause error) (tokenResult, error) {
+	now := r.now()
+	var ge *grantError
+	errors.As(cause, &ge)
+	var rerr *rejectedError
+	msg := r.redact(cause.Error())
+	f := &r.sess.Failure
+	f.Failures++
+	f.LastErrorAt = now
+	f.LastError = msg
+	if ge != nil {
+		f.LastError = msg
+		msg = msgProviderFailure(r.role.Config, r.conn.TokenURL, msg, ge.advice())
+	}
+	f.Message = msg
+	if errors.As(cause, &rerr) {
+		// The rejection's own backoff holds back the next login, for every role.
+		f.NextAttemptAt, f.ConnRevision = time.Time{}, 0
+		if a, err := r.b.accountRecord(r.ctx, r.s, r.cs); err == nil && a.Rejection != nil {
+			f.LastError = a.Rejection.Cause
+		}
+	} else {
+		window := retryWindow(f.Failures)
+		if ge != nil && ge.retryAfter > window {
+			window = ge.retryAfter
+		}
+		f.NextAttemptAt, f.ConnRevision = now.Add(window), r.conn.Revision
+	}
+	r.b.Logger().Warn("token request failed", "role", r.rs.name, "connection", r.role.Config, "error", f.LastError, "consecutive_failures", f.Failures)
+	if err := r.save(); err != nil {
+		r.b.Logger().Warn("could not save the failure record", "role", r.rs.name, "error", err)
+	}
+	return r.stale(r.now(), &providerError{errors.New(msg)})
+}
+
+// stale serves the old token with a warning while it is still valid by the clock read
+// now (after the provider answered), else returns err.
+func (r *renewal) stale(now time.Time, err error) (tokenResult, error) {
+	if r.old.valid(now) {
+		r.warnings = append(r.warnings, msgStale(r.old.ExpiresAt, err))
+		old := r.old
+		return r.answer(&old, now, answeredStale, true), nil
+	}
+	return tokenResult{}, err
+}
+
+// answer is the result serving t. A reader's first read of a token marks it served.
+func (r *renewal) answer(t *sessionTokens, now time.Time, how string, attempted bool) tokenResult {
+	res := tokenResult{tokens: t, minTTL: r.minTTL, now: now, warnings: r.warnings, how: how, attempted: attempted}
+	if v := r.rs.view.Load(); v != nil && v.creds != nil && v.tokens().AccessToken == t.AccessToken {
+		res.creds = v.creds
+		res.forwardedOnce = true
+		if !r.background && !v.served.Load() {
+			res.forwardedOnce = r.b.firstServe(r.rs, v)
+		}
+	}
+	return res
+}
+
+// clientFor returns the connection's HTTP client.
+func (r *renewal) clientFor() (*tokenClient, error) {
+	if r.client == nil {
+		c, err := r.b.tokenClient(r.cs, r.conn)
+		if err != nil {
+			return nil, &providerError{errors.New(msgBadConnection(r.role.Config, err))}
+		}
+		r.client = c
+	}
+	return r.client, nil
+}
+
+// redact takes the connection's secrets and the session's refresh tokens out of text.
+func (r *renewal) redact(s string) string {
+	return newRedactor(r.conn.Password, r.conn.ClientSecret, r.old.RefreshToken, r.sess.Tokens.RefreshToken).redact(s)
+}
+
+// save writes the renewal's session over the stored entry it follows. When the write
+// fails the session is kept in memory, served, and written at the next chance.
+func (r *renewal) save() error {
+	next := r.sess
+	next.Format = sessionFormat
+	var base uint64
+	if r.stored != nil {
+		base = r.stored.Revision
+	}
+	next.Revision = base + 1
+	err := putJSON(r.ctx, r.s, tokenPrefix+r.rs.name, &next)
+	rs := r.rs
+	if err != nil {
+		rs.unsaved.Store(&unsavedSession{sess: &next, base: base, err: err})
+	} else {
+		r.stored = &next
+		rs.unsaved.Store(nil)
+	}
+	r.sess.Revision = next.Revision
+	v := r.view()
+	rs.install(v, r.epoch)
+	served := v.served.Load()
+	if err != nil {
+		r.b.bg.schedule(rs.name, r.now().Add(time.Minute))
+		return err
+	}
+	r.b.bg.schedule(rs.name, dueTime(rs.name, r.role, &next, served))
 	return nil
+}
+
+// adoptRejection makes a rejection recorded by v0.1.0 in a role's session the
+// connection's, unless the connection has a newer one.
+func (b *backend) adoptRejection(ctx context.Context, s logical.Storage, cs *connState, rej *rejection) {
+	err := b.updateAccount(ctx, s, cs, func(a *accountEntry) bool {
+		if a.Rejection != nil && !a.Rejection.At.Before(rej.At) {
+			return false
+		}
+		a.Rejection = rej
+		return true
+	})
+	if err != nil {
+		b.Logger().Warn("could not save a rejection recorded by an older version", "connection", cs.name, "error", err)
+	}
+}
+
+// discardSession forgets a role's session, ending it at the revocation endpoint of the
+// account that issued it (best effort). The failure record is kept. The caller holds
+// the role's lock.
+func (b *backend) discardSession(ctx context.Context, s logical.Storage, rs *roleState, reason string) error {
+	stored, _, err := readSession(ctx, s, rs.name)
+	if err != nil {
+		return err
+	}
+	sess := stored
+	if u := rs.unsaved.Load(); u != nil {
+		sess = u.sess
+	}
+	if sess == nil {
+		return nil
+	}
+	b.revokeSession(ctx, s, sess.Account, sess.Tokens.RefreshToken, rs.name)
+	if stored != nil && stored.Tokens.RefreshToken != sess.Tokens.RefreshToken {
+		b.revokeSession(ctx, s, stored.Account, stored.Tokens.RefreshToken, rs.name)
+	}
+	kept := &sessionEntry{Format: sessionFormat, Account: sess.Account, Failure: sess.Failure}
+	if stored != nil {
+		kept.Revision = stored.Revision + 1
+	}
+	if err := putJSON(ctx, s, tokenPrefix+rs.name, kept); err != nil {
+		return err
+	}
+	rs.unsaved.Store(nil)
+	b.Logger().Info("session discarded", "role", rs.name, "reason", reason)
+	return nil
+}
+
+// revokeSession ends a refresh token's session at the revocation endpoint of the
+// account that issued it, and only there: a connection pointed elsewhere since must
+// never receive it.
+func (b *backend) revokeSession(ctx context.Context, s logical.Storage, account sessionAccount, refreshToken, role string) {
+	if refreshToken == "" {
+		return
+	}
+	cs, conn, err := b.connection(ctx, s, account.Config)
+	if err != nil || conn == nil || conn.AccountVersion != account.AccountVersion {
+		return
+	}
+	b.revokeWith(ctx, cs, conn, refreshToken, role)
+}
+
+// revokeWith ends a refresh token's session at conn's revocation endpoint.
+func (b *backend) revokeWith(ctx context.Context, cs *connState, conn *connEntry, refreshToken, role string) {
+	if conn.RevocationURL == "" || refreshToken == "" {
+		return
+	}
+	client, err := b.tokenClient(cs, conn)
+	if err != nil {
+		return
+	}
+	if err := client.revoke(ctx, refreshToken); err != nil {
+		b.Logger().Info("could not revoke a discarded session", "role", role, "connection", cs.name,
+			"error", newRedactor(refreshToken, conn.Password, conn.ClientSecret).redact(err.Error()))
+	}
 }

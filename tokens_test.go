@@ -48,12 +48,8 @@ func TestTokens_ReaderGoneDuringRefresh(t *testing.T) {
 	_, _ = env.b.HandleRequest(ctx, &logical.Request{Operation: logical.ReadOperation, Path: "creds/app", Storage: env.storage, MountPoint: "bearer/"})
 	p.setHook(nil)
 
-	stored := new(tokenEntry)
-	if _, err := getJSON(context.Background(), env.storage, "tokens/app", stored); err != nil {
-		t.Fatal(err)
-	}
-	if stored.RefreshToken != "rt-mindbaz-3-rrrrrrrr" {
-		t.Errorf("stored refresh token = %q, want the rotated rt-mindbaz-3", stored.RefreshToken)
+	if stored := env.storedSession(t, "app"); stored.Tokens.RefreshToken != "rt-mindbaz-2-rrrrrrrr" {
+		t.Errorf("stored refresh token = %q, want the rotated rt-mindbaz-2", stored.Tokens.RefreshToken)
 	}
 	env.readCreds(t, "app")
 	env.clock.Add(p.accessTTL)
@@ -122,7 +118,7 @@ func TestTokens_RefreshTokenStaysWithItsProvider(t *testing.T) {
 func TestTokens_RejectionSurvivesUnrelatedConfigWrites(t *testing.T) {
 	env := getTestBackend(t)
 	p := newFakeProvider(t, "mindbaz", env.clock)
-	env.setup(t, p, nil, nil)
+	env.setup(t, p, map[string]any{"verify": false}, nil)
 	env.mustOK(t, logical.UpdateOperation, "roles/other", map[string]any{"config": "conn"})
 	p.setPassword("changed-at-the-provider")
 	env.mustFail(t, logical.ReadOperation, "creds/app", nil)
