@@ -220,6 +220,27 @@ func forceCreds(t testing.TB, s *harness.Server, role string) creds {
 	return c
 }
 
+// mount is a secrets engine as `vault secrets list -detailed` shows it.
+type mount struct {
+	Type                 string `json:"type"`
+	PluginVersion        string `json:"plugin_version"`
+	RunningPluginVersion string `json:"running_plugin_version"`
+	RunningSHA256        string `json:"running_sha256"`
+}
+
+// readMount returns the mount at path (bearer/) from `vault secrets list
+// -detailed -format=json`.
+func readMount(t testing.TB, s *harness.Server, path string) mount {
+	t.Helper()
+	var mounts map[string]mount
+	s.CLIJSON(&mounts, "secrets", "list", "-detailed", "-format=json")
+	m, ok := mounts[path]
+	if !ok {
+		t.Fatalf("%s not in secrets list: %v", path, mounts)
+	}
+	return m
+}
+
 // restart stops a persistent server, starts it again and unseals it.
 func restart(s *harness.Server) {
 	s.Stop()
