@@ -52,14 +52,15 @@ dev: ## Build, start a demo provider and a dev Vault with the plugin, read beare
 	./scripts/dev.sh
 
 .PHONY: fmt
-fmt: ## Format the code with gofumpt
+fmt: ## Format the code with gofumpt (plugin and e2e module)
 	go run $(GOFUMPT) -w .
 
 .PHONY: lint
-lint: ## go vet and staticcheck
+lint: ## Fail on code gofumpt would reformat, go vet and staticcheck findings (plugin and e2e module)
+	@unformatted="$$(go run $(GOFUMPT) -l .)"; [ -z "$$unformatted" ] || { echo "gofumpt would reformat these files (make fmt):" >&2; echo "$$unformatted" >&2; exit 1; }
 	go vet ./...
 	go run $(STATICCHECK) ./...
-	cd e2e && go vet ./...
+	cd e2e && go vet ./... && go run $(STATICCHECK) ./...
 
 .PHONY: clean
 clean: ## Remove build output (bin/, dist/)
