@@ -18,6 +18,11 @@ help: ## List the targets
 build: ## Build the plugin binary into bin/
 	CGO_ENABLED=0 go build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN_DIR)/$(PLUGIN_NAME) ./cmd/$(PLUGIN_NAME)
 
+.PHONY: release
+release: ## Reproducible binaries for linux and darwin (amd64, arm64) in dist/, SHA256SUMS, register commands (VERSION=vX.Y.Z required)
+	@[ "$(origin VERSION)" != file ] || { echo "make release: give the version, e.g. make release VERSION=v0.2.0" >&2; exit 2; }
+	./scripts/release.sh $(VERSION)
+
 .PHONY: test
 test: unit e2e ## Everything that proves it works: unit tests with -race, then the real-Vault end-to-end suite
 
@@ -47,15 +52,16 @@ dev: ## Build, start a demo provider and a dev Vault with the plugin, read beare
 	./scripts/dev.sh
 
 .PHONY: fmt
-fmt: ## Format the code with gofumpt
+fmt: ## Format the code with gofumpt (plugin and e2e module)
 	go run $(GOFUMPT) -w .
 
 .PHONY: lint
-lint: ## go vet and staticcheck
+lint: ## Fail on code gofumpt would reformat, go vet and staticcheck findings (plugin and e2e module)
+	@unformatted="$$(go run $(GOFUMPT) -l .)"; [ -z "$$unformatted" ] || { echo "gofumpt would reformat these files (make fmt):" >&2; echo "$$unformatted" >&2; exit 1; }
 	go vet ./...
 	go run $(STATICCHECK) ./...
-	cd e2e && go vet ./...
+	cd e2e && go vet ./... && go run $(STATICCHECK) ./...
 
 .PHONY: clean
-clean: ## Remove build output
-	rm -rf $(BIN_DIR)
+clean: ## Remove build output (bin/, dist/)
+	rm -rf $(BIN_DIR) dist

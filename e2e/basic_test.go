@@ -23,17 +23,8 @@ func TestRegisterEnableRead(t *testing.T) {
 	s.EnableEngine()
 
 	// The mount reports the version the plugin was built with.
-	var mounts map[string]struct {
-		Type                 string `json:"type"`
-		PluginVersion        string `json:"plugin_version"`
-		RunningPluginVersion string `json:"running_plugin_version"`
-		RunningSHA256        string `json:"running_sha256"`
-	}
-	s.CLIJSON(&mounts, "secrets", "list", "-detailed", "-format=json")
-	m, ok := mounts["bearer/"]
+	m := readMount(t, s, "bearer/")
 	switch {
-	case !ok:
-		t.Fatalf("bearer/ not in secrets list: %v", mounts)
 	case m.Type != "bearer":
 		t.Errorf("bearer/ type = %q, want bearer", m.Type)
 	case m.RunningPluginVersion != pluginVersion:

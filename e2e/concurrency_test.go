@@ -10,7 +10,8 @@ import (
 
 // TestConcurrentReadsOneLogin: N concurrent reads that all need a new token
 // (after `vault delete bearer/creds/demo`) cause exactly one provider call
-// and all get the same token (SPEC 4.2).
+// and all get the same token: readers of a role wait for the one token
+// request in flight.
 func TestConcurrentReadsOneLogin(t *testing.T) {
 	t.Parallel()
 	const readers = 25

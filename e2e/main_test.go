@@ -78,8 +78,8 @@ type creds struct {
 	ReadStart, ReadAt time.Time
 }
 
-// parseCreds checks the shape of a creds answer (SPEC 3.3) to a request sent at
-// start and decodes it.
+// parseCreds checks the shape of a creds answer (the keys and types the
+// README's "Reading a token" lists) to a request sent at start and decodes it.
 func parseCreds(data map[string]any, r *harness.Response, start time.Time) (creds, error) {
 	c := creds{ReadStart: start, ReadAt: time.Now()}
 	if r != nil {
@@ -158,8 +158,10 @@ func readCredsCLI(t testing.TB, s *harness.Server, role string) creds {
 	return c
 }
 
-// checkCredsShape asserts SPEC 3.3 for a token with lifetime life and the
-// role's effective min_ttl.
+// checkCredsShape asserts the documented creds answer (Bearer type, no
+// lease, no secret keys, consistent expires_in, expires_at, ttl and
+// rotation_period) for a token with lifetime life and the role's effective
+// min_ttl.
 func checkCredsShape(t testing.TB, c creds, life, minTTL time.Duration) {
 	t.Helper()
 	if c.TokenType != "Bearer" {
@@ -216,6 +218,27 @@ func forceCreds(t testing.TB, s *harness.Server, role string) creds {
 		t.Fatal(err)
 	}
 	return c
+}
+
+// mount is a secrets engine as `vault secrets list -detailed` shows it.
+type mount struct {
+	Type                 string `json:"type"`
+	PluginVersion        string `json:"plugin_version"`
+	RunningPluginVersion string `json:"running_plugin_version"`
+	RunningSHA256        string `json:"running_sha256"`
+}
+
+// readMount returns the mount at path (bearer/) from `vault secrets list
+// -detailed -format=json`.
+func readMount(t testing.TB, s *harness.Server, path string) mount {
+	t.Helper()
+	var mounts map[string]mount
+	s.CLIJSON(&mounts, "secrets", "list", "-detailed", "-format=json")
+	m, ok := mounts[path]
+	if !ok {
+		t.Fatalf("%s not in secrets list: %v", path, mounts)
+	}
+	return m
 }
 
 // restart stops a persistent server, starts it again and unseals it.

@@ -17,7 +17,8 @@ import (
 // TestReadmeRecipes runs.
 var recipeSections = []string{"### Mindbaz", "### Apiax (Keycloak)"}
 
-// presetWant is what the presets put in a connection (SPEC 2 and 3.1), by
+// presetWant is what the presets put in a connection (the providers'
+// endpoints, client ids, refresh parameters and token lifetimes), by
 // connection name in the README; fields given on a command line are checked
 // against that command line.
 var presetWant = map[string]map[string]any{

@@ -1,4 +1,4 @@
-// Command benchtable prints the performance figures of SPEC section 6 as one
+// Command benchtable prints the performance figures and their targets as one
 // Markdown table (make bench): the root package's Go benchmarks, run as a
 // subprocess, and a real Vault's HTTP API on loopback, where one client reads
 // alternately a cached bearer/creds/<role>, the same read on a do-nothing

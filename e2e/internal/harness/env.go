@@ -73,27 +73,44 @@ func (e *Env) buildPlugin() error {
 	if err := os.MkdirAll(e.PluginDir, 0o755); err != nil {
 		return err
 	}
-	bin := filepath.Join(e.PluginDir, PluginCommand)
 	start := time.Now()
+	sum, err := e.BuildPluginVersion(e.PluginVersion, PluginCommand)
+	if err != nil {
+		return err
+	}
+	e.PluginSHA256 = sum
+	fmt.Fprintf(os.Stderr, "e2e: built plugin %s (%s) in %s\n", e.PluginVersion, sum[:12], time.Since(start).Round(time.Millisecond))
+	return nil
+}
+
+// BuildPluginVersion builds the plugin from the working tree, reporting
+// version, into PluginDir as command (next to the scenarios' build, as an
+// operator installs a second version) and returns its hex sha256.
+func (e *Env) BuildPluginVersion(version, command string) (string, error) {
+	bin := filepath.Join(e.PluginDir, command)
 	cmd := exec.Command("go", "build", "-o", bin,
-		"-ldflags", "-X "+PluginModule+".Version="+e.PluginVersion,
+		"-ldflags", "-X "+PluginModule+".Version="+version,
 		"./cmd/"+PluginCommand)
 	cmd.Dir = e.RepoRoot
 	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("build plugin in %s: %w\n%s", e.RepoRoot, err, out)
+		return "", fmt.Errorf("build plugin %s in %s: %w\n%s", version, e.RepoRoot, err, out)
 	}
-	f, err := os.Open(bin)
+	return FileSHA256(bin)
+}
+
+// FileSHA256 returns the hex sha256 of a file, as `vault plugin register
+// -sha256` wants it.
+func FileSHA256(path string) (string, error) {
+	f, err := os.Open(path)
 	if err != nil {
-		return err
+		return "", err
 	}
 	defer f.Close()
 	h := sha256.New()
 	if _, err := io.Copy(h, f); err != nil {
-		return err
+		return "", err
 	}
-	e.PluginSHA256 = hex.EncodeToString(h.Sum(nil))
-	fmt.Fprintf(os.Stderr, "e2e: built plugin %s (%s) in %s\n", e.PluginVersion, e.PluginSHA256[:12], time.Since(start).Round(time.Millisecond))
-	return nil
+	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
 // locateVault runs scripts/vault-bin.sh, which prints the binary's path.

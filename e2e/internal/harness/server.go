@@ -244,8 +244,15 @@ func (s *Server) WaitActive() {
 func (s *Server) RegisterPlugin() {
 	s.sc.T.Helper()
 	e := s.sc.Env
-	s.MustCLI("plugin", "register", "-sha256="+e.PluginSHA256, "-command="+PluginCommand,
-		"-version="+e.PluginVersion, "secret", PluginName)
+	s.RegisterPluginVersion(e.PluginSHA256, PluginCommand, e.PluginVersion)
+}
+
+// RegisterPluginVersion registers another build of the plugin (command in
+// the plugin directory, with its sha256) as version of the catalog's bearer.
+func (s *Server) RegisterPluginVersion(sha256, command, version string) {
+	s.sc.T.Helper()
+	s.MustCLI("plugin", "register", "-sha256="+sha256, "-command="+command,
+		"-version="+version, "secret", PluginName)
 }
 
 // EnableEngine mounts the registered plugin at bearer/.
