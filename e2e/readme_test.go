@@ -155,16 +155,70 @@ func TestReadmeInstall(t *testing.T) {
 	sc := env.NewScenario(t, provider.Config{})
 	s := sc.NewBareServer()
 	blocks := readmeBlocks(t, installSection)
+	version, listed := runInstall(t, s, blocks)
 
+	command := harness.PluginCommand + "_" + version
+	if !slices.ContainsFunc(strings.Split(listed, "\n"), func(l string) bool {
+		return strings.HasPrefix(l, harness.MountPath+"/ ") && strings.Contains(l, " "+version+" ")
+	}) {
+		t.Errorf("vault secrets list -detailed does not show %s/ running %s:\n%s", harness.MountPath, version, listed)
+	}
+	entries, err := os.ReadDir(filepath.Join(s.Dir, "plugins"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(entries) != 1 || entries[0].Name() != command {
+		t.Fatalf("plugin_directory holds %v, want only %s", entries, command)
+	}
+	sum, err := fileSHA256(filepath.Join(s.Dir, "plugins", command))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var info struct{ Command, Version, SHA256 string }
+	s.CLIJSON(&info, "plugin", "info", "-format=json", "-version="+version, "secret", harness.PluginName)
+	if info.Command != command || info.Version != version || info.SHA256 != sum {
+		t.Errorf("plugin catalog: %+v, want command %s, version %s, sha256 %s", info, command, version, sum)
+	}
+	var mounts map[string]struct {
+		Type                 string `json:"type"`
+		RunningPluginVersion string `json:"running_plugin_version"`
+		RunningSHA256        string `json:"running_sha256"`
+	}
+	s.CLIJSON(&mounts, "secrets", "list", "-detailed", "-format=json")
+	if m := mounts[harness.MountPath+"/"]; m.Type != harness.PluginName || m.RunningPluginVersion != version || m.RunningSHA256 != sum {
+		t.Errorf("%s/ mount: %+v, want type %s running %s (sha256 %s)", harness.MountPath, m, harness.PluginName, version, sum)
+	}
+
+	// The installed engine works.
+	writeConfig(sc, s, "demo")
+	s.MustCLI("write", "bearer/roles/demo", "config=demo")
+	c := mustReadCreds(t, s, "demo")
+	if _, ok := sc.Provider.Lookup(c.AccessToken); !ok {
+		t.Errorf("the installed engine served a token the provider never issued")
+	}
+}
+
+// runInstall runs the README's install section (its blocks) on s, with the
+// substitutions TestReadmeInstall lists, and returns the plugin version its
+// make line builds and the output of its last command, which must be
+// `vault secrets list -detailed`.
+func runInstall(t *testing.T, s *harness.Server, blocks []readmeBlock) (version, listed string) {
+	t.Helper()
 	var text strings.Builder
+	var hcl []readmeBlock
 	for _, b := range blocks {
 		text.WriteString(strings.Join(b.lines, "\n") + "\n")
+		if b.lang == "hcl" {
+			hcl = append(hcl, b)
+		}
 	}
 	m := readmeBuildVersion.FindStringSubmatch(text.String())
 	if m == nil {
 		t.Fatalf("README %q: no `make build VERSION=...` line", installSection)
 	}
-	version, command := m[1], harness.PluginCommand+"_"+m[1]
+	if len(hcl) != 1 {
+		t.Fatalf("README %q: %d hcl blocks, want one: config.hcl", installSection, len(hcl))
+	}
 	substitutions := []string{
 		"127.0.0.1:8200", strings.TrimPrefix(s.Addr, "http://"),
 		"/opt/vault/data", filepath.Join(s.Dir, "data"),
@@ -173,40 +227,30 @@ func TestReadmeInstall(t *testing.T) {
 	}
 	for i := 0; i < len(substitutions); i += 2 {
 		if !strings.Contains(text.String(), substitutions[i]) {
-			t.Fatalf("README %q no longer says %q: update this test's substitutions", installSection, substitutions[i])
+			t.Fatalf("README %q no longer says %q: update TestReadmeInstall's substitutions", installSection, substitutions[i])
 		}
 	}
 	r := strings.NewReplacer(substitutions...)
-
-	var hcl []readmeBlock
-	for _, b := range blocks {
-		if b.lang == "hcl" {
-			hcl = append(hcl, b)
-		}
-	}
-	if len(hcl) != 1 {
-		t.Fatalf("README %q: %d hcl blocks, want one: config.hcl", installSection, len(hcl))
-	}
 	conf := r.Replace(strings.Join(hcl[0].lines, "\n") + "\n")
 	if err := os.WriteFile(filepath.Join(s.Dir, "config.hcl"), []byte(conf), 0o600); err != nil {
 		t.Fatal(err)
 	}
 
 	var exports, batch []string
-	var lastOut string
-	steps := map[string]bool{}
+	last := ""
 	flush := func() {
 		if len(batch) > 0 {
-			lastOut = s.Shell(5*time.Minute, strings.Join(batch, "\n"), exports...)
+			listed = s.Shell(5*time.Minute, strings.Join(batch, "\n"), exports...)
 			batch = nil
 		}
 	}
+	steps := map[string]bool{}
 	for _, b := range blocks {
 		if b.lang != "sh" {
 			continue
 		}
 		for _, line := range shellLines(b) {
-			line = r.Replace(line)
+			line, last = r.Replace(line), line
 			args := strings.Fields(line)
 			switch {
 			case strings.HasPrefix(line, "export "):
@@ -231,6 +275,7 @@ func TestReadmeInstall(t *testing.T) {
 				if out, errOut, err := s.CLI("", "login", s.Token); err != nil {
 					t.Fatalf("%s: vault login: %v\n%s%s", s.Name, err, out, errOut)
 				}
+				t.Logf("%s: vault login <the root token>", s.Name)
 				steps["login"] = true
 			default:
 				batch = append(batch, line)
@@ -243,50 +288,10 @@ func TestReadmeInstall(t *testing.T) {
 			t.Fatalf("README %q: no %s step", installSection, step)
 		}
 	}
-
-	// The section's last command is `vault secrets list -detailed`.
-	if !slices.ContainsFunc(strings.Split(lastOut, "\n"), func(l string) bool {
-		return strings.HasPrefix(l, harness.MountPath+"/ ") && strings.Contains(l, " "+version+" ")
-	}) {
-		t.Errorf("the README's last command does not list %s/ with version %s:\n%s", harness.MountPath, version, lastOut)
+	if last != "vault secrets list -detailed" {
+		t.Fatalf("README %q ends with %q, want vault secrets list -detailed", installSection, last)
 	}
-	entries, err := os.ReadDir(filepath.Join(s.Dir, "plugins"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(entries) != 1 || entries[0].Name() != command {
-		t.Fatalf("plugin_directory holds %v, want only %s", entries, command)
-	}
-	sum, err := fileSHA256(filepath.Join(s.Dir, "plugins", command))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var info struct {
-		Data struct {
-			Command, Version, SHA256 string
-		} `json:"data"`
-	}
-	s.CLIJSON(&info, "plugin", "info", "-format=json", "-version="+version, "secret", harness.PluginName)
-	if info.Data.Command != command || info.Data.Version != version || info.Data.SHA256 != sum {
-		t.Errorf("plugin catalog: %+v, want command %s, version %s, sha256 %s", info.Data, command, version, sum)
-	}
-	var mounts map[string]struct {
-		Type                 string `json:"type"`
-		RunningPluginVersion string `json:"running_plugin_version"`
-		RunningSHA256        string `json:"running_sha256"`
-	}
-	s.CLIJSON(&mounts, "secrets", "list", "-detailed", "-format=json")
-	if m := mounts[harness.MountPath+"/"]; m.Type != harness.PluginName || m.RunningPluginVersion != version || m.RunningSHA256 != sum {
-		t.Errorf("%s/ mount: %+v, want type %s running %s (sha256 %s)", harness.MountPath, m, harness.PluginName, version, sum)
-	}
-
-	// The installed engine works.
-	writeConfig(sc, s, "demo")
-	s.MustCLI("write", "bearer/roles/demo", "config=demo")
-	c := mustReadCreds(t, s, "demo")
-	if _, ok := sc.Provider.Lookup(c.AccessToken); !ok {
-		t.Errorf("the installed engine served a token the provider never issued")
-	}
+	return m[1], listed
 }
 
 // readmeInit runs the README's `vault operator init` (args after "vault"),
