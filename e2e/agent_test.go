@@ -4,6 +4,8 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -12,10 +14,10 @@ import (
 	"github.com/bearer-vault/vault-plugin-secrets-bearer/e2e/provider"
 )
 
-// TestAgentTemplate is scenario 3: Vault Agent renders the access token to
-// a file and, driven by the ttl and rotation_period keys (no lease), replaces
-// it with a new valid token before the old one expires, renewal after
-// renewal.
+// TestAgentTemplate is scenario 3: Vault Agent, with the README's template
+// stanza, renders the access token to a file of the README's mode (0600)
+// and, driven by the ttl and rotation_period keys (no lease), replaces it
+// with a new valid token before the old one expires, renewal after renewal.
 func TestAgentTemplate(t *testing.T) {
 	t.Parallel()
 	const (
@@ -28,12 +30,11 @@ func TestAgentTemplate(t *testing.T) {
 	setupEngine(sc, s)
 	app := createAppToken(t, s)
 
-	dest := filepath.Join(sc.Dir, "access_token")
+	tpl := readmeAgentTemplate(t)
+	tpl.Destination = filepath.Join(sc.Dir, "access_token")
+	dest := tpl.Destination
 	base, start := p.Counts(), time.Now()
-	agent := sc.StartAgent(s, app, harness.Template{
-		Contents:    `{{ with secret "bearer/creds/demo" }}{{ .Data.access_token }}{{ end }}`,
-		Destination: dest,
-	})
+	agent := sc.StartAgent(s, app, tpl)
 
 	type change struct {
 		token string
@@ -63,6 +64,11 @@ func TestAgentTemplate(t *testing.T) {
 			iss, ok := p.Lookup(tok)
 			if !ok {
 				t.Fatalf("the agent rendered a token the provider never issued: %.12q", tok)
+			}
+			if fi, err := os.Stat(dest); err != nil {
+				t.Error(err)
+			} else if fi.Mode().Perm() != 0o600 {
+				t.Errorf("rendered token file has mode %v, want -rw------- (the README's perms)", fi.Mode())
 			}
 			if in, err := p.Introspect(context.Background(), tok); err != nil || !in.Active {
 				t.Errorf("rendered token is not active at the provider: %+v, %v", in, err)
@@ -102,4 +108,42 @@ func TestAgentTemplate(t *testing.T) {
 	if !strings.Contains(string(logText), "Found rotation_period") {
 		t.Errorf("agent log does not show the re-read scheduled from rotation_period/ttl")
 	}
+}
+
+// readmeAgentTemplate is the README's Vault Agent template stanza (section
+// "## Reading a token"): its contents, reading the test's role "demo" instead
+// of the README's "mindbaz", and its perms, which must be "0600". The test
+// sets the destination.
+func readmeAgentTemplate(t *testing.T) harness.Template {
+	t.Helper()
+	for _, b := range readmeBlocks(t, "## Reading a token") {
+		text := strings.Join(b.lines, "\n")
+		if b.lang != "hcl" || !strings.HasPrefix(text, "template {") {
+			continue
+		}
+		tpl := harness.Template{
+			Contents: strings.ReplaceAll(hclString("contents", text), "bearer/creds/mindbaz", "bearer/creds/demo"),
+			Perms:    hclString("perms", text),
+		}
+		if !strings.Contains(tpl.Contents, "bearer/creds/demo") || tpl.Perms != "0600" {
+			t.Fatalf("README template stanza: contents %q, perms %q; want bearer/creds/mindbaz and \"0600\"", tpl.Contents, tpl.Perms)
+		}
+		return tpl
+	}
+	t.Fatal(`README "## Reading a token": no hcl block starting "template {"`)
+	return harness.Template{}
+}
+
+// hclString returns the value of the quoted string attribute key in an HCL
+// block (a Go-compatible string literal), or "".
+func hclString(key, text string) string {
+	m := regexp.MustCompile(`(?m)^\s*` + key + `\s*=\s*("(?:[^"\\]|\\.)*")`).FindStringSubmatch(text)
+	if m == nil {
+		return ""
+	}
+	v, err := strconv.Unquote(m[1])
+	if err != nil {
+		return ""
+	}
+	return v
 }

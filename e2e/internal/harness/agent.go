@@ -8,10 +8,12 @@ import (
 	"time"
 )
 
-// Template is one Vault Agent template: contents rendered to destination.
+// Template is one Vault Agent template: contents rendered to destination,
+// with file mode perms ("0600" if empty).
 type Template struct {
 	Contents    string
 	Destination string
+	Perms       string
 }
 
 // Agent is a `vault agent` process.
@@ -56,7 +58,11 @@ template_config {
 }
 `, filepath.Join(dir, "agent.pid"), s.Addr, tokenPath)
 	for _, tpl := range templates {
-		fmt.Fprintf(&b, "\ntemplate {\n  contents = %q\n  destination = %q\n  perms = \"0600\"\n}\n", tpl.Contents, tpl.Destination)
+		perms := tpl.Perms
+		if perms == "" {
+			perms = "0600"
+		}
+		fmt.Fprintf(&b, "\ntemplate {\n  contents = %q\n  destination = %q\n  perms = %q\n}\n", tpl.Contents, tpl.Destination, perms)
 	}
 	conf := filepath.Join(dir, "agent.hcl")
 	if err := os.WriteFile(conf, []byte(b.String()), 0o600); err != nil {

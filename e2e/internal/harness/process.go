@@ -21,6 +21,7 @@ type process struct {
 	name    string
 	bin     string
 	args    []string
+	dir     string // working directory; the test's if empty
 	env     []string
 	logPath string
 
@@ -42,6 +43,7 @@ func (p *process) start() error {
 	}
 	fmt.Fprintf(logf, "==== e2e: starting %s at %s\n", p.name, time.Now().Format(time.RFC3339Nano))
 	cmd := exec.Command(p.bin, p.args...)
+	cmd.Dir = p.dir
 	cmd.Env = p.env
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{

@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -118,6 +119,33 @@ listener "tcp" {
 	}
 	s.proc.args = []string{"server", "-config=" + path, "-log-level=trace"}
 	return s
+}
+
+// NewBareServer prepares a server whose configuration the test writes itself,
+// into the server's directory (the README's config.hcl): it reserves the API
+// address Addr and, next to it, the port Vault derives the cluster listener
+// from (api_addr's port + 1). Start it with StartWith.
+func (sc *Scenario) NewBareServer() *Server {
+	sc.T.Helper()
+	s := sc.newServer("config")
+	port, err := freePorts(2)
+	if err != nil {
+		sc.T.Fatal(err)
+	}
+	s.Addr = fmt.Sprintf("http://127.0.0.1:%d", port)
+	s.proc.dir = s.Dir
+	// Trace level through the environment, so that the command line stays the
+	// caller's; the log is searched for secrets like every other.
+	s.proc.env = append(s.proc.env, "VAULT_LOG_LEVEL=trace")
+	return s
+}
+
+// StartWith starts the server as `vault args...`, run in its directory, and
+// waits until its API answers.
+func (s *Server) StartWith(args ...string) {
+	s.sc.T.Helper()
+	s.proc.args = args
+	s.Start()
 }
 
 func (sc *Scenario) newServer(kind string) *Server {
@@ -286,6 +314,55 @@ func (s *Server) CLIInput(token, stdin string, args ...string) (stdout, stderr s
 	label := s.Name + ": vault " + redact(args)
 	s.sc.record(label, o.String()+e.String())
 	return o.String(), e.String(), err
+}
+
+// Shell runs script with `bash -euo pipefail` in the server's directory, the
+// way an operator's terminal would: the harness's vault first on PATH, the
+// environment without any VAULT_* variable plus env (the script's exports),
+// so no VAULT_TOKEN: the token comes from `vault login`'s token file under
+// HOME, the server's directory. Go keeps the test's build cache, module cache
+// and settings, so that a build in the script reuses them. The script and
+// everything it starts is killed after timeout. It fails the test on error and
+// returns stdout.
+func (s *Server) Shell(timeout time.Duration, script string, env ...string) string {
+	t := s.sc.T
+	t.Helper()
+	bin := filepath.Join(s.Dir, ".vault-bin")
+	if err := os.MkdirAll(bin, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(s.sc.Env.VaultBin, filepath.Join(bin, "vault")); err != nil && !errors.Is(err, os.ErrExist) {
+		t.Fatal(err)
+	}
+	goEnv, err := exec.Command("go", "env", "GOCACHE", "GOMODCACHE", "GOPATH", "GOENV").Output()
+	if err != nil {
+		t.Fatalf("go env: %v", err)
+	}
+	var vars []string
+	for i, v := range strings.Split(strings.TrimSpace(string(goEnv)), "\n") {
+		vars = append(vars, []string{"GOCACHE", "GOMODCACHE", "GOPATH", "GOENV"}[i]+"="+v)
+	}
+	vars = append(vars, "PATH="+bin+string(os.PathListSeparator)+os.Getenv("PATH"))
+
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "bash", "-euo", "pipefail", "-c", script)
+	cmd.Dir = s.Dir
+	cmd.Env = childEnv(s.Dir, append(vars, env...)...)
+	// Its own process group, killed whole on timeout.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+	cmd.WaitDelay = 10 * time.Second
+	var o, e bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &o, &e
+	start := time.Now()
+	err = cmd.Run()
+	s.sc.record(s.Name+": bash -c "+script, o.String()+e.String())
+	if err != nil {
+		t.Fatalf("%s: bash -c %q: %v\nstdout:\n%s\nstderr:\n%s", s.Name, script, err, o.String(), e.String())
+	}
+	t.Logf("%s: ran in %s:\n%s", s.Name, time.Since(start).Round(time.Millisecond), script)
+	return o.String()
 }
 
 // MustCLI runs the CLI with the root token and fails the test on error.
