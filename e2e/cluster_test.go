@@ -58,6 +58,17 @@ func startRaftCluster(sc *harness.Scenario, n int) []*harness.Server {
 	return nodes
 }
 
+// startRaftEngine starts a scenario whose provider issues access tokens for
+// life, a 3-node Raft cluster, and the engine with connection and role demo,
+// set up through the first node.
+func startRaftEngine(t *testing.T, life time.Duration) (*provider.Provider, []*harness.Server) {
+	t.Helper()
+	sc := env.NewScenario(t, provider.Config{AccessTokenTTL: life})
+	nodes := startRaftCluster(sc, 3)
+	setupEngine(sc, nodes[0])
+	return sc.Provider, nodes
+}
+
 // TestRaftClusterFailover is scenario 4: three Vault nodes on Raft, the
 // plugin registered once, reads through every node; the active node stops
 // and reads keep working through the new active node, which serves the
@@ -66,10 +77,7 @@ func startRaftCluster(sc *harness.Scenario, n int) []*harness.Server {
 func TestRaftClusterFailover(t *testing.T) {
 	t.Parallel()
 	const life = 20 * time.Second // min_ttl 60s is capped at 10s
-	sc := env.NewScenario(t, provider.Config{AccessTokenTTL: life})
-	p := sc.Provider
-	nodes := startRaftCluster(sc, 3)
-	setupEngine(sc, nodes[0])
+	p, nodes := startRaftEngine(t, life)
 	base := p.Counts() // after the verify login
 
 	// Reads through every node (standbys forward to the active node).
@@ -107,14 +115,7 @@ func TestRaftClusterFailover(t *testing.T) {
 	// Reads through both survivors succeed once a new leader is elected.
 	var after creds
 	for _, n := range rest {
-		harness.Eventually(t, 60*time.Second, 250*time.Millisecond, "creds read through "+n.Name+" after failover", func() (bool, string) {
-			c, err := readCreds(n, n.Token, "demo")
-			if err != nil {
-				return false, err.Error() + "; health: " + healthStatuses(nodes)
-			}
-			after = c
-			return true, ""
-		})
+		after = readAfterFailover(t, n, nodes)
 	}
 	if after.AccessToken == forced.AccessToken {
 		// No provider call before that read: the new active node served the
@@ -127,16 +128,7 @@ func TestRaftClusterFailover(t *testing.T) {
 	}
 
 	// Keep reading through the survivors until the new active node renews.
-	i := 0
-	var renewed creds
-	harness.Eventually(t, life+20*time.Second, 250*time.Millisecond, "renewal by the new active node", func() (bool, string) {
-		n := rest[i%len(rest)]
-		i++
-		c, err := readCreds(n, n.Token, "demo")
-		if err != nil {
-			t.Fatalf("read through %s after failover: %v", n.Name, err)
-		}
-		renewed = c
+	renewed := readUntil(t, rest, life+20*time.Second, "renewal by the new active node", func(c creds) (bool, string) {
 		return c.AccessToken != forced.AccessToken, "still the token of the old active node"
 	})
 	if is, _ := p.Lookup(renewed.AccessToken); is.GrantType != "refresh_token" {
@@ -188,6 +180,41 @@ func TestRaftClusterFailover(t *testing.T) {
 		t.Errorf("whole run: %+v; want one password login and no invalid_grant", total)
 	}
 	t.Logf("provider traffic after setup: %+v", total)
+}
+
+// readAfterFailover reads creds/demo through n until a new active node
+// serves it, for up to a minute.
+func readAfterFailover(t *testing.T, n *harness.Server, nodes []*harness.Server) creds {
+	t.Helper()
+	var got creds
+	harness.Eventually(t, 60*time.Second, 250*time.Millisecond, "creds read through "+n.Name+" after failover", func() (bool, string) {
+		c, err := readCreds(n, n.Token, "demo")
+		if err != nil {
+			return false, err.Error() + "; health: " + healthStatuses(nodes)
+		}
+		got = c
+		return true, ""
+	})
+	return got
+}
+
+// readUntil reads creds/demo through nodes in turn, every 250ms, until done
+// accepts an answer, and returns it. A failed read fails the test.
+func readUntil(t *testing.T, nodes []*harness.Server, timeout time.Duration, what string, done func(creds) (bool, string)) creds {
+	t.Helper()
+	i := 0
+	var got creds
+	harness.Eventually(t, timeout, 250*time.Millisecond, what, func() (bool, string) {
+		n := nodes[i%len(nodes)]
+		i++
+		c, err := readCreds(n, n.Token, "demo")
+		if err != nil {
+			t.Fatalf("read through %s: %v", n.Name, err)
+		}
+		got = c
+		return done(c)
+	})
+	return got
 }
 
 // read is one background creds read, sent at start and answered at at.

@@ -17,13 +17,17 @@
 //
 // Every request is counted by grant type and outcome (see Counts), and the
 // raw form bodies and issued tokens are recorded, so tests can assert exact
-// provider traffic and search logs for leaked secrets.
+// provider traffic and search logs for leaked secrets. Every refresh token
+// presented is remembered (see PresentedTwice), and refresh grants can be held
+// unanswered on demand (see HoldRefreshes), to crash a client while its refresh
+// is in flight.
 package provider
 
 import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -117,6 +121,20 @@ type Event struct {
 	ClientID  string
 	Status    int
 	Error     string // OAuth2 error code, empty on success
+	// Held is set on a refresh grant that was processed during HoldRefreshes
+	// and answered only at its release.
+	Held bool
+
+	// presented is the hash of the refresh token a refresh grant presented.
+	presented string
+}
+
+// Outcome is the OAuth2 error code, or ok.
+func (ev Event) Outcome() string {
+	if ev.Error != "" {
+		return ev.Error
+	}
+	return "ok"
 }
 
 // Provider is a running OAuth2 server. All methods are safe for concurrent use.
@@ -131,13 +149,23 @@ type Provider struct {
 	// introspectorSecret authenticates the Introspect helper.
 	introspectorSecret string
 
-	// mu guards counts, events, forms, issued and refreshTokens.
+	// mu guards counts, events, forms, issued, refreshTokens and hold.
 	mu            sync.Mutex
 	counts        Counts
 	events        []Event
 	forms         []string
 	issued        []Issued
 	refreshTokens []string
+	hold          *hold
+}
+
+// hold is one HoldRefreshes: the refresh grants processed while it is active
+// wait for release before they are answered.
+type hold struct {
+	arrived  chan Event
+	release  chan struct{}
+	answered sync.WaitGroup // the held requests not yet answered
+	once     sync.Once
 }
 
 // Issued is one successful token response.
@@ -257,8 +285,15 @@ func (p *Provider) RevokeURL() string { return p.url + RevokePath }
 // Config returns the effective configuration (defaults filled in).
 func (p *Provider) Config() Config { return p.cfg }
 
-// Close stops the server and waits for in-flight requests briefly.
+// Close releases held refresh grants, stops the server and waits for
+// in-flight requests briefly.
 func (p *Provider) Close() error {
+	p.mu.Lock()
+	h := p.hold
+	p.mu.Unlock()
+	if h != nil {
+		h.end(p)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	err := p.srv.Shutdown(ctx)
@@ -313,6 +348,74 @@ func (p *Provider) RefreshTokens() []string {
 	return append([]string(nil), p.refreshTokens...)
 }
 
+// HoldRefreshes makes every refresh grant that arrives from now on wait
+// before it is answered, like a provider that is slow to answer: each is
+// processed by fosite first (the presented refresh token is rotated, dead from
+// then on, and the new tokens are issued and counted), then sent on arrived
+// and held until release is called. Calling release answers the held
+// requests (to a client that may be gone: the answer goes nowhere) and waits
+// until they are answered; later refresh grants are answered at once again.
+// release may be called more than once; Close calls it too.
+func (p *Provider) HoldRefreshes() (arrived <-chan Event, release func()) {
+	h := &hold{arrived: make(chan Event, 64), release: make(chan struct{})}
+	p.mu.Lock()
+	if p.hold != nil {
+		p.mu.Unlock()
+		panic("provider: HoldRefreshes while refreshes are already held")
+	}
+	p.hold = h
+	p.mu.Unlock()
+	return h.arrived, func() { h.end(p) }
+}
+
+// end releases h once and waits until its held requests are answered.
+func (h *hold) end(p *Provider) {
+	h.once.Do(func() {
+		p.mu.Lock()
+		if p.hold == h {
+			p.hold = nil
+		}
+		p.mu.Unlock()
+		close(h.release)
+	})
+	h.answered.Wait()
+}
+
+// PresentedTwice describes every refresh token that was presented in more
+// than one refresh grant (whatever the outcomes), oldest first, by its
+// issuance number and hash, never the token itself. Empty means no refresh
+// token was ever presented twice.
+func (p *Provider) PresentedTwice() []string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var order []string
+	outcomes := map[string][]string{} // token hash -> the outcome of each presentation
+	for _, ev := range p.events {
+		if h := ev.presented; h != "" {
+			if outcomes[h] == nil {
+				order = append(order, h)
+			}
+			outcomes[h] = append(outcomes[h], ev.Outcome())
+		}
+	}
+	var out []string
+	for _, h := range order {
+		if len(outcomes[h]) < 2 {
+			continue
+		}
+		what := "a refresh token the provider never issued"
+		for i, is := range p.issued {
+			if is.RefreshToken != "" && tokenHash(is.RefreshToken) == h {
+				what = fmt.Sprintf("the refresh token of issuance #%d (%s grant at %s)", i+1, is.GrantType, is.IssuedAt.Format("15:04:05.000"))
+				break
+			}
+		}
+		out = append(out, fmt.Sprintf("%s, sha256 %s: presented %d times, outcomes %s",
+			what, h[:12], len(outcomes[h]), strings.Join(outcomes[h], ", ")))
+	}
+	return out
+}
+
 // Secrets returns every value that must never show up outside the token
 // exchange: the password, the confidential client's secret and every refresh
 // token issued so far.
@@ -355,13 +458,19 @@ func (p *Provider) Introspect(ctx context.Context, token string) (Introspection,
 	return in, json.NewDecoder(resp.Body).Decode(&in)
 }
 
-// handleToken serves the token endpoint and counts the outcome.
+// handleToken serves the token endpoint and counts the outcome. The outcome
+// is counted before the answer is written, so a client that has its answer
+// finds it in Counts; a held refresh grant waits between the two.
 func (p *Provider) handleToken(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
 	form := p.recordForm(r)
 	ev := Event{Endpoint: "token", GrantType: form.Get("grant_type"), ClientID: clientID(r, form)}
+	if rt := form.Get("refresh_token"); ev.GrantType == "refresh_token" && rt != "" {
+		ev.presented = tokenHash(rt)
+	}
 
 	ar, err := p.oauth.NewAccessRequest(ctx, r, &fosite.DefaultSession{})
+	var resp fosite.AccessResponder
 	if err == nil {
 		if ev.GrantType == "password" {
 			// The password grant gets every scope it asked for (the client's
@@ -371,34 +480,63 @@ func (p *Provider) handleToken(w http.ResponseWriter, r *http.Request) {
 				ar.GrantScope(s)
 			}
 		}
-		var resp fosite.AccessResponder
-		if resp, err = p.oauth.NewAccessResponse(ctx, ar); err == nil {
-			now := time.Now()
-			expiresIn, _ := resp.GetExtra("expires_in").(int64)
-			is := Issued{
-				GrantType:   ev.GrantType,
-				ClientID:    ev.ClientID,
-				AccessToken: resp.GetAccessToken(),
-				IssuedAt:    now,
-				ExpiresAt:   now.Add(time.Duration(expiresIn) * time.Second),
-			}
-			is.RefreshToken, _ = resp.GetExtra("refresh_token").(string)
-			p.mu.Lock()
-			p.issued = append(p.issued, is)
-			if is.RefreshToken != "" {
-				p.refreshTokens = append(p.refreshTokens, is.RefreshToken)
-			}
-			p.mu.Unlock()
-			p.oauth.WriteAccessResponse(ctx, w, ar, resp)
-			ev.Status = http.StatusOK
-			p.record(ev)
-			return
-		}
+		resp, err = p.oauth.NewAccessResponse(ctx, ar)
 	}
-	rfc := fosite.ErrorToRFC6749Error(err)
-	ev.Status, ev.Error = rfc.StatusCode(), rfc.ErrorField
-	p.oauth.WriteAccessError(ctx, w, ar, err)
+	if err == nil {
+		now := time.Now()
+		expiresIn, _ := resp.GetExtra("expires_in").(int64)
+		is := Issued{
+			GrantType:   ev.GrantType,
+			ClientID:    ev.ClientID,
+			AccessToken: resp.GetAccessToken(),
+			IssuedAt:    now,
+			ExpiresAt:   now.Add(time.Duration(expiresIn) * time.Second),
+		}
+		is.RefreshToken, _ = resp.GetExtra("refresh_token").(string)
+		p.mu.Lock()
+		p.issued = append(p.issued, is)
+		if is.RefreshToken != "" {
+			p.refreshTokens = append(p.refreshTokens, is.RefreshToken)
+		}
+		p.mu.Unlock()
+		ev.Status = http.StatusOK
+	} else {
+		rfc := fosite.ErrorToRFC6749Error(err)
+		ev.Status, ev.Error = rfc.StatusCode(), rfc.ErrorField
+	}
+
+	h := p.holdFor(&ev)
 	p.record(ev)
+	if h != nil {
+		select {
+		case h.arrived <- ev:
+		default: // nobody is reading: the hold still holds
+		}
+		<-h.release
+		defer h.answered.Done()
+	}
+	if err == nil {
+		p.oauth.WriteAccessResponse(ctx, w, ar, resp)
+	} else {
+		p.oauth.WriteAccessError(ctx, w, ar, err)
+	}
+}
+
+// holdFor returns the active hold if ev is a refresh grant, marked Held and
+// counted among the hold's unanswered requests; nil otherwise.
+func (p *Provider) holdFor(ev *Event) *hold {
+	if ev.GrantType != "refresh_token" {
+		return nil
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	h := p.hold
+	if h == nil {
+		return nil
+	}
+	h.answered.Add(1)
+	ev.Held = true
+	return h
 }
 
 // handleIntrospect serves RFC 7662 token introspection.
@@ -477,12 +615,8 @@ func (p *Provider) record(ev Event) {
 	p.mu.Unlock()
 
 	if p.cfg.Logf != nil {
-		outcome := "ok"
-		if ev.Error != "" {
-			outcome = ev.Error
-		}
-		p.cfg.Logf("%s grant_type=%q client_id=%q status=%d outcome=%s",
-			ev.Endpoint, ev.GrantType, ev.ClientID, ev.Status, outcome)
+		p.cfg.Logf("%s grant_type=%q client_id=%q status=%d outcome=%s held=%t",
+			ev.Endpoint, ev.GrantType, ev.ClientID, ev.Status, ev.Outcome(), ev.Held)
 	}
 }
 
@@ -494,6 +628,12 @@ func clientID(r *http.Request, form url.Values) string {
 		}
 	}
 	return form.Get("client_id")
+}
+
+// tokenHash is how a refresh token is remembered once presented: hex sha256.
+func tokenHash(token string) string {
+	sum := sha256.Sum256([]byte(token))
+	return hex.EncodeToString(sum[:])
 }
 
 func randomHex(n int) string {

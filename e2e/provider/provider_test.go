@@ -145,3 +145,62 @@ func TestConfidentialClientAndRevocation(t *testing.T) {
 		t.Fatalf("counts: %+v", c)
 	}
 }
+
+// TestHoldRefreshes: a held refresh is processed (rotated and counted) before
+// it is answered, the answer waits for release, and presenting its refresh
+// token again is reuse, reported by PresentedTwice.
+func TestHoldRefreshes(t *testing.T) {
+	p := newTestProvider(t, Config{})
+	status, body := post(t, p, url.Values{"grant_type": {"password"}, "client_id": {"demo"}, "username": {"demo"}, "password": {"demo-password"}}, "", "")
+	if status != http.StatusOK {
+		t.Fatalf("password grant: got %d %v", status, body)
+	}
+	refresh := url.Values{"grant_type": {"refresh_token"}, "client_id": {"demo"}, "refresh_token": {body["refresh_token"].(string)}}
+
+	arrived, release := p.HoldRefreshes()
+	defer release()
+	answered := make(chan int, 1)
+	go func() {
+		resp, err := http.PostForm(p.TokenURL(), refresh)
+		if err != nil {
+			answered <- 0
+			return
+		}
+		resp.Body.Close()
+		answered <- resp.StatusCode
+	}()
+	ev := <-arrived
+	if !ev.Held || ev.GrantType != "refresh_token" || ev.Outcome() != "ok" {
+		t.Fatalf("held event: %+v", ev)
+	}
+	if c := p.Counts(); c.RefreshOK != 1 || len(p.RefreshTokens()) != 2 {
+		t.Fatalf("held refresh not processed before its answer: %+v, %d refresh tokens", c, len(p.RefreshTokens()))
+	}
+	select {
+	case s := <-answered:
+		t.Fatalf("held refresh answered before release: %d", s)
+	default:
+	}
+	if twice := p.PresentedTwice(); len(twice) != 0 {
+		t.Fatalf("PresentedTwice after one presentation: %v", twice)
+	}
+	release()
+	if s := <-answered; s != http.StatusOK {
+		t.Fatalf("released refresh: HTTP %d", s)
+	}
+
+	// After the release refreshes are answered at once; the rotated token is dead.
+	if status, body = post(t, p, refresh, "", ""); status != http.StatusBadRequest || body["error"] != "invalid_grant" {
+		t.Fatalf("reuse of the held refresh's token: got %d %v", status, body)
+	}
+	twice := p.PresentedTwice()
+	if len(twice) != 1 || !strings.Contains(twice[0], "issuance #1 (password grant") || !strings.Contains(twice[0], "presented 2 times, outcomes ok, invalid_grant") {
+		t.Fatalf("PresentedTwice: %q", twice)
+	}
+	if strings.Contains(twice[0], refresh.Get("refresh_token")) {
+		t.Fatal("PresentedTwice shows the refresh token")
+	}
+	if c := p.Counts(); c.RefreshOK != 1 || c.RefreshInvalidGrant != 1 {
+		t.Fatalf("counts: %+v", c)
+	}
+}

@@ -86,31 +86,56 @@ func (p *process) exited() <-chan struct{} {
 	return p.done
 }
 
+// take forgets the current process and returns it (cmd nil if none runs), so
+// that exactly one caller ends it.
+func (p *process) take() (*exec.Cmd, chan struct{}) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	cmd, done := p.cmd, p.done
+	p.cmd, p.done = nil, nil
+	return cmd, done
+}
+
 // stop sends SIGTERM, waits up to grace for a clean exit, then kills the
 // whole process group. It is a no-op if the process is not running.
 func (p *process) stop(grace time.Duration) error {
-	p.mu.Lock()
-	cmd, done := p.cmd, p.done
-	p.cmd, p.done = nil, nil
-	p.mu.Unlock()
+	cmd, done := p.take()
 	if cmd == nil {
 		return nil
 	}
-	pgid := cmd.Process.Pid
 	_ = cmd.Process.Signal(syscall.SIGTERM)
 	var err error
 	select {
 	case <-done:
 	case <-time.After(grace):
 		err = fmt.Errorf("%s did not stop within %s after SIGTERM; killed", p.name, grace)
-		_ = syscall.Kill(-pgid, syscall.SIGKILL)
+		_ = killGroup(cmd)
 		<-done
 	}
 	// Anything left in the group (a plugin the server failed to stop) goes too.
-	if kerr := syscall.Kill(-pgid, syscall.SIGKILL); kerr != nil && !errors.Is(kerr, syscall.ESRCH) {
-		err = errors.Join(err, kerr)
+	return errors.Join(err, killGroup(cmd))
+}
+
+// kill sends SIGKILL to the whole process group at once, the server and its
+// plugins together as in a crash, and waits until the process has exited. It
+// is a no-op if the process is not running.
+func (p *process) kill() error {
+	cmd, done := p.take()
+	if cmd == nil {
+		return nil
 	}
+	err := killGroup(cmd)
+	<-done
 	return err
+}
+
+// killGroup sends SIGKILL to the process group of cmd; a group that is already
+// gone is no error.
+func killGroup(cmd *exec.Cmd) error {
+	if err := syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
+		return err
+	}
+	return nil
 }
 
 // childEnv is the environment for Vault processes: the test's environment

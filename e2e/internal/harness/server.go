@@ -207,6 +207,18 @@ func (s *Server) Stop() {
 	t.Logf("%s: stopped", s.Name)
 }
 
+// Kill kills the server and its plugins at once (SIGKILL to the process
+// group, no chance to seal, step down or answer in-flight requests) and waits
+// until the process has exited; a no-op if it is not running.
+func (s *Server) Kill() {
+	t := s.sc.T
+	t.Helper()
+	if err := s.proc.kill(); err != nil {
+		t.Errorf("kill %s: %v", s.Name, err)
+	}
+	t.Logf("%s: killed", s.Name)
+}
+
 // Running reports whether the server process is alive.
 func (s *Server) Running() bool { return s.proc.running() }
 
