@@ -291,15 +291,22 @@ func (b *backend) renewInBackground(ctx context.Context, name string) {
 	if ctx.Err() != nil {
 		return
 	}
-	_, err := b.renewFor(ctx, b.storage, b.roleState(name), renewOptions{background: true})
+	res, err := b.renewFor(ctx, b.storage, b.roleState(name), renewOptions{background: true})
 	var uerr *userError
 	var perr *providerError
 	switch {
+	case err == nil && res.how == answeredRenewed:
+		b.metrics.background(backgroundRenewed)
+	case err == nil && res.how == answeredStale:
+		b.metrics.background(backgroundFailed)
 	case err == nil, errors.As(err, &uerr):
-		// Done, or the role (or its connection) is gone: nothing to renew.
+		// Not due after all, or the role (or its connection) is gone.
+		b.metrics.background(backgroundSkipped)
 	case errors.As(err, &perr):
+		b.metrics.background(backgroundFailed)
 		b.Logger().Warn("background renewal failed", "role", name, "error", err)
 	default:
+		b.metrics.background(backgroundFailed)
 		// Storage failed: try again in a minute.
 		b.Logger().Warn("background renewal failed", "role", name, "error", err)
 		b.bg.schedule(name, b.now().Add(time.Minute))
