@@ -392,8 +392,7 @@ func (r *renewal) refresh() (tokenResult, error, bool) {
 	}
 	rt := r.sess.Tokens.RefreshToken
 	// R1: the write-ahead mark, before anything is sent.
-	r.sess.Tokens.RefreshSentAt = r.now()
-	if err := r.save(); err != nil && r.storageHoldsUnmarked(rt) {
+	if err := r.mark(); err != nil && r.storageHoldsUnmarked(rt) {
 		// Storage could not record that this refresh token is being presented, and
 		// others may present it: it is not sent.
 		r.sess.Tokens.RefreshSentAt = time.Time{}
@@ -650,6 +649,27 @@ func (r *renewal) clientFor() (*tokenClient, error) {
 // redact takes the connection's secrets and the session's refresh tokens out of text.
 func (r *renewal) redact(s string) string {
 	return newRedactor(r.conn.Password, r.conn.ClientSecret, r.old.RefreshToken, r.sess.Tokens.RefreshToken).redact(s)
+}
+
+// mark writes the session with the write-ahead mark on its refresh token (R1). When
+// the write fails nothing else changes: the session in memory (saved or not) is as it
+// was, but for the mark.
+func (r *renewal) mark() error {
+	r.sess.Tokens.RefreshSentAt = r.now()
+	next := r.sess
+	next.Format = sessionFormat
+	if r.stored != nil {
+		next.Revision = r.stored.Revision + 1
+	} else {
+		next.Revision = 1
+	}
+	if err := putJSON(r.ctx, r.s, tokenPrefix+r.rs.name, &next); err != nil {
+		return err
+	}
+	r.stored, r.sess.Revision = &next, next.Revision
+	r.rs.unsaved.Store(nil)
+	r.rs.install(r.view(), r.epoch)
+	return nil
 }
 
 // save writes the renewal's session over the stored entry it follows. When the write
