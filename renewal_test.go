@@ -386,3 +386,225 @@ func TestRenewal_OneLoginGoesAlone(t *testing.T) {
 		}
 	})
 }
+
+// TestRenewal_RejectionSurvivesRestart (L4): the provider's rejection is recorded for
+// the connection in storage: after a restart within the backoff neither a read of any
+// role nor a config write that keeps the rejected credentials (verify=true) logs in,
+// and the config and every role show the rejection.
+func TestRenewal_RejectionSurvivesRestart(t *testing.T) {
+	env := getTestBackend(t)
+	p := withMindbaz(t, env, 0, nil, nil)
+	env.mustOK(t, logical.UpdateOperation, "roles/other", map[string]any{"config": "conn"})
+	p.setPassword("changed-at-the-provider")
+	start := env.clock.Now()
+	env.mustFail(t, logical.ReadOperation, "creds/app", nil)
+	if p.calls(grantPassword) != 1 {
+		t.Fatalf("%d logins, want the one rejected", p.calls(grantPassword))
+	}
+
+	env.start(t)
+	env.clock.Add(10 * time.Minute)
+	for _, role := range []string{"app", "other"} {
+		msg := env.mustFail(t, logical.ReadOperation, "creds/"+role, nil)
+		if !strings.Contains(msg, "no login is tried before "+formatTime(start.Add(15*time.Minute))) {
+			t.Errorf("read of %s after the restart: %s", role, msg)
+		}
+	}
+	resp := env.mustOK(t, logical.UpdateOperation, "config/conn", map[string]any{"request_timeout": "20s"})
+	if resp == nil || len(resp.Warnings) != 1 || !strings.Contains(resp.Warnings[0], "verification login skipped") {
+		t.Errorf("config write keeping the rejected credentials: %#v", resp)
+	}
+	if p.calls(grantPassword) != 1 {
+		t.Errorf("%d logins after the restart, want none", p.calls(grantPassword)-1)
+	}
+	cause := "password grant failed: invalid_grant: Invalid user credentials (HTTP 401)"
+	want := map[string]any{
+		"credentials_rejected_at": formatTime(start), "next_login_at": formatTime(start.Add(15 * time.Minute)), "last_error": cause,
+	}
+	conf := env.mustOK(t, logical.ReadOperation, "config/conn", nil).Data
+	for k, v := range want {
+		if conf[k] != v {
+			t.Errorf("config %s = %v, want %v", k, conf[k], v)
+		}
+	}
+	for _, role := range []string{"app", "other"} {
+		data := env.mustOK(t, logical.ReadOperation, "roles/"+role, nil).Data
+		for k, v := range want {
+			if data[k] != v {
+				t.Errorf("role %s: %s = %v, want %v", role, k, data[k], v)
+			}
+		}
+	}
+
+	// After the backoff one login goes, and is rejected again: the backoff doubles.
+	env.clock.Add(5 * time.Minute)
+	env.mustFail(t, logical.ReadOperation, "creds/other", nil)
+	if rej := env.storedRejection(t, "conn"); rej == nil || rej.Count != 2 || !rej.NextLoginAt.Equal(env.clock.Now().Add(30*time.Minute)) {
+		t.Errorf("second rejection: %+v, want count 2 and a 30-minute backoff", rej)
+	}
+	// A new password lifts it at once.
+	p.setPassword("n3w-Password")
+	env.mustOK(t, logical.UpdateOperation, "config/conn", map[string]any{"password": "n3w-Password"})
+	env.readCreds(t, "app")
+	env.readCreds(t, "other")
+	if conf := env.mustOK(t, logical.ReadOperation, "config/conn", nil).Data; conf["credentials_rejected_at"] != "" {
+		t.Errorf("config after the new password: %v", conf)
+	}
+}
+
+// TestRenewal_RefreshRefusedByConfiguration (R4): Apiax without client_assertion_type
+// in refresh_params refuses every refresh with invalid_request. Apps keep working with
+// password logins, and it is surfaced: the role's last_error names the cause and the
+// fix, and every read that paid a login for it carries a warning.
+func TestRenewal_RefreshRefusedByConfiguration(t *testing.T) {
+	env := getTestBackend(t)
+	p := newFakeProvider(t, "apiax", env.clock)
+	env.setup(t, p, map[string]any{"refresh_params": map[string]any{}, "verify": false}, nil)
+	env.readCreds(t, "app")
+	for i := range 3 {
+		env.clock.Add(p.accessTTL)
+		resp := env.readCreds(t, "app")
+		if len(resp.Warnings) != 1 || !strings.Contains(resp.Warnings[0], `this token took a password login because connection "conn" refused the refresh grant (refresh_token grant failed: invalid_request: client_assertion_type missing (HTTP 400))`) ||
+			!strings.Contains(resp.Warnings[0], "refresh_params=client_assertion_type=urn:ietf:params:oauth:client-assertion-type:jwt-bearer") {
+			t.Errorf("renewal %d: warnings %v", i, resp.Warnings)
+		}
+		// The next read, served from cache, paid nothing.
+		if resp := env.readCreds(t, "app"); len(resp.Warnings) != 0 {
+			t.Errorf("a cached read carries %v", resp.Warnings)
+		}
+	}
+	if p.calls(grantRefresh) != 3 || p.calls(grantPassword) != 4 {
+		t.Errorf("%d refreshes and %d logins, want 3 refused refreshes, each followed by a login", p.calls(grantRefresh), p.calls(grantPassword))
+	}
+	data := env.mustOK(t, logical.ReadOperation, "roles/app", nil).Data
+	if le, _ := data["last_error"].(string); !strings.HasPrefix(le, "refresh_token grant failed: invalid_request: client_assertion_type missing (HTTP 400); logged in with the password instead: check refresh_params") ||
+		data["consecutive_failures"] != 0 || data["last_grant"] != grantPassword {
+		t.Errorf("role state: %v", data)
+	}
+	// Fixed: the refresh works, and the role's state is clean again.
+	env.mustOK(t, logical.UpdateOperation, "config/conn", map[string]any{"refresh_params": "client_assertion_type=" + assertionType, "verify": false})
+	env.clock.Add(p.accessTTL)
+	if resp := env.readCreds(t, "app"); len(resp.Warnings) != 0 {
+		t.Errorf("after the fix: %v", resp.Warnings)
+	}
+	if data := env.mustOK(t, logical.ReadOperation, "roles/app", nil).Data; data["last_error"] != "" || data["last_grant"] != grantRefresh {
+		t.Errorf("role state after the fix: %v", data)
+	}
+}
+
+// TestRenewal_ClockAfterTheAnswer: whether the old token may still be served is decided
+// with the clock read after the provider answered: a token that expired while the
+// provider took 8 s to answer 503 is not served, and no answer has a negative
+// expires_in.
+func TestRenewal_ClockAfterTheAnswer(t *testing.T) {
+	env, p, _, _ := newSession(t)
+	env.clock.Add(p.accessTTL - 5*time.Second) // 5 s left, under min_ttl
+	p.setHook(func(w http.ResponseWriter, _ *http.Request, form url.Values) bool {
+		p.clock.Add(8 * time.Second) // the provider is slow
+		oauthError(w, http.StatusServiceUnavailable, "temporarily_unavailable", "")
+		return true
+	})
+	resp, err := env.request(t, logical.ReadOperation, "creds/app", nil)
+	if status, msg := rawErrorOf(resp); err != nil || status != http.StatusBadGateway || !strings.Contains(msg, "HTTP 503") {
+		t.Errorf("a token that expired during the attempt was answered: %v %#v", err, resp)
+	}
+	if resp != nil && resp.Data["expires_in"] != nil {
+		t.Errorf("expires_in %v", resp.Data["expires_in"])
+	}
+}
+
+// hangUntilGivenUp makes the provider hold every token request until the client gives
+// up (request_timeout); it counts them.
+func hangUntilGivenUp(p *fakeProvider) *atomic.Int32 {
+	n := &atomic.Int32{}
+	p.setHook(func(_ http.ResponseWriter, r *http.Request, _ url.Values) bool {
+		n.Add(1)
+		<-r.Context().Done()
+		return true
+	})
+	return n
+}
+
+// TestRenewal_HangingProviderOneAttempt: while the provider hangs until request_timeout,
+// ten concurrent readers of one role wait for one attempt and get its result; they do
+// not queue attempts one behind another. A reader right after is answered from the
+// retry window.
+func TestRenewal_HangingProviderOneAttempt(t *testing.T) {
+	env, p, _, _ := newSession(t)
+	env.mustOK(t, logical.UpdateOperation, "config/conn", map[string]any{"request_timeout": "1s", "verify": false})
+	env.clock.Add(p.accessTTL + time.Second) // expired: nothing to serve meanwhile
+	requests := hangUntilGivenUp(p)
+	done := readRolesAsync(env, []string{"app", "app", "app", "app", "app", "app", "app", "app", "app", "app"})
+	var first string
+	for i := range 10 {
+		msg := <-done
+		if i == 0 {
+			first = msg
+		}
+		if msg == "" || msg != first {
+			t.Errorf("read %d: %q, want the attempt's error %q", i, msg, first)
+		}
+	}
+	// One attempt: the refresh (spent, as it may have reached the provider) and the
+	// login that followed it.
+	if n := requests.Load(); n != 2 {
+		t.Errorf("the provider saw %d requests, want one attempt: a refresh and a login", n)
+	}
+	if msg := env.mustFail(t, logical.ReadOperation, "creds/app", nil); !strings.Contains(msg, "the next attempt is allowed at") || requests.Load() != 2 {
+		t.Errorf("a read right after: %d more requests, %s", requests.Load()-2, msg)
+	}
+}
+
+// TestRenewal_ServiceUnavailableBudget: one reader polling every 2 s for 5.5 minutes
+// against a provider that answers 503 makes attempts 5 s, 10 s, 20 s... apart, each of a
+// few requests: at most 25 requests in all.
+func TestRenewal_ServiceUnavailableBudget(t *testing.T) {
+	env, p, _, _ := newSession(t)
+	env.clock.Add(p.accessTTL + time.Second) // expired: every attempt may retry
+	p.setHook(reply("", http.StatusServiceUnavailable, "text/plain", "maintenance")(p))
+	before := p.calls("")
+	for elapsed := time.Duration(0); elapsed < 330*time.Second; elapsed += 2 * time.Second {
+		env.mustFail(t, logical.ReadOperation, "creds/app", nil)
+		env.clock.Add(2 * time.Second)
+	}
+	if n := p.calls("") - before; n > 25 || n < 7 {
+		t.Errorf("5.5 minutes of reads every 2 s made %d requests, want 7 attempts of at most 3", n)
+	}
+	if f := env.storedSession(t, "app").Failure; f.Failures != 7 {
+		t.Errorf("%d attempts recorded, want 7 (at 0, 5, 15, 35, 75, 155 and 315 s)", f.Failures)
+	}
+}
+
+// TestRenewal_TwoProvidersIsolated: a connection whose provider hangs holds up neither
+// the reads nor the background renewals of another connection's roles.
+func TestRenewal_TwoProvidersIsolated(t *testing.T) {
+	env := getTestBackend(t)
+	good := newFakeProvider(t, "mindbaz", env.clock)
+	bad := newFakeProvider(t, "mindbaz", env.clock)
+	env.setup(t, good, map[string]any{"verify": false}, nil)
+	data := bad.connData()
+	data["verify"], data["request_timeout"] = false, "2s"
+	env.mustOK(t, logical.UpdateOperation, "config/bad", data)
+	env.mustOK(t, logical.UpdateOperation, "roles/stuck", map[string]any{"config": "bad"})
+	env.readCreds(t, "app")
+	env.readCreds(t, "stuck")
+
+	hang := make(chan struct{})
+	defer close(hang)
+	bad.setHook(func(_ http.ResponseWriter, r *http.Request, _ url.Values) bool {
+		select {
+		case <-hang:
+		case <-r.Context().Done():
+		}
+		return true
+	})
+	env.clock.Add(good.accessTTL + time.Second)
+	stuck := readRolesAsync(env, []string{"stuck"})
+	waitFor(t, "the stuck role's request at its provider", func() bool { return bad.calls("") > 1 })
+	// The stuck role's read holds its lock and a request slot of its connection; the
+	// other connection's role renews meanwhile.
+	if got := env.readCreds(t, "app").Data["access_token"]; got == nil || good.calls(grantRefresh) != 1 {
+		t.Errorf("the other connection's read: %v after %d refreshes", got, good.calls(grantRefresh))
+	}
+	<-stuck
+}
