@@ -608,3 +608,37 @@ func TestRenewal_TwoProvidersIsolated(t *testing.T) {
 	}
 	<-stuck
 }
+
+// TestRenewal_ProvenCredentialsRejectedAtOnce: ten roles with proven credentials lose
+// their sessions at once (the provider ended them when the password changed there). At
+// most max_concurrent_requests logins are in flight together; once one is rejected,
+// those still waiting for a request slot are not sent.
+func TestRenewal_ProvenCredentialsRejectedAtOnce(t *testing.T) {
+	env := getTestBackend(t)
+	p := withMindbaz(t, env, 0, map[string]any{"max_concurrent_requests": 4}, nil)
+	roles := []string{"app"}
+	for i := range 9 {
+		roles = append(roles, fmt.Sprintf("app%d", i))
+		env.mustOK(t, logical.UpdateOperation, "roles/"+roles[i+1], map[string]any{"config": "conn"})
+	}
+	for _, role := range roles {
+		env.readCreds(t, role)
+	}
+	p.forgetSessions()
+	p.setPassword("changed-at-the-provider")
+	env.clock.Add(p.accessTTL + time.Second)
+	logins := p.calls(grantPassword)
+
+	arrived, release := holdLogins(p)
+	done := readRolesAsync(env, roles)
+	waitFor(t, "four logins at the provider", func() bool { return arrived.Load() == 4 })
+	release()
+	for range roles {
+		if msg := <-done; !strings.Contains(msg, `connection "conn" rejected the credentials of user "alice@example.com"`) {
+			t.Errorf("a read got %q", msg)
+		}
+	}
+	if n := p.calls(grantPassword) - logins; n != 4 {
+		t.Errorf("%d failed logins, want the 4 in flight at once", n)
+	}
+}
