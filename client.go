@@ -17,6 +17,7 @@ import (
 	"net/http"
 	"net/http/httptrace"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -138,6 +139,8 @@ type tokenClient struct {
 	slots chan struct{}
 	// observe, when set, is told of every token request's outcome and latency.
 	observe func(grant string, err error, latency time.Duration)
+	// assertions signs the client assertions of client_auth=private_key_jwt.
+	assertions *assertionSigner
 }
 
 // maxAttemptRequests is the most requests one attempt sends for one grant: the first
@@ -165,10 +168,32 @@ func newHTTPClient(conn *connEntry) (*http.Client, error) {
 	}, nil
 }
 
-// passwordGrant logs in with the connection's username and password, sending at most
-// requests requests (retrying transient failures).
+// login starts a session with the connection's grant: the password grant, or the
+// client credentials grant. It sends at most requests requests (retrying transient
+// failures).
+func (c *tokenClient) login(ctx context.Context, scopes []string, requests int, guard *requestGuard) (*tokenResponse, error) {
+	if c.conn.grantType() == grantClientCredentials {
+		return c.clientCredentialsGrant(ctx, scopes, requests, guard)
+	}
+	return c.passwordGrantGuarded(ctx, scopes, requests, guard)
+}
+
+// passwordGrant logs in with the connection's username and password.
 func (c *tokenClient) passwordGrant(ctx context.Context, scopes []string, requests int) (*tokenResponse, error) {
 	return c.passwordGrantGuarded(ctx, scopes, requests, nil)
+}
+
+// clientCredentialsGrant gets a token for the client itself (RFC 6749 4.4).
+func (c *tokenClient) clientCredentialsGrant(ctx context.Context, scopes []string, requests int, guard *requestGuard) (*tokenResponse, error) {
+	form := url.Values{}
+	for k, v := range c.conn.PasswordParams {
+		form.Set(k, v)
+	}
+	form.Set("grant_type", grantClientCredentials)
+	if len(scopes) > 0 {
+		form.Set("scope", strings.Join(scopes, " "))
+	}
+	return c.do(ctx, grantClientCredentials, form, requests, guard)
 }
 
 // requestGuard is asked about each request while its request slot is held: before, right
@@ -187,6 +212,9 @@ func (c *tokenClient) passwordGrantGuarded(ctx context.Context, scopes []string,
 	form.Set("grant_type", grantPassword)
 	form.Set("username", c.conn.Username)
 	form.Set("password", c.conn.Password)
+	if c.conn.OfflineAccess && !slices.Contains(scopes, "offline_access") {
+		scopes = append(slices.Clone(scopes), "offline_access")
+	}
 	if len(scopes) > 0 {
 		form.Set("scope", strings.Join(scopes, " "))
 	}
@@ -238,6 +266,17 @@ func (c *tokenClient) newRequest(ctx context.Context, endpoint string, form url.
 	switch conn.ClientAuth {
 	case clientAuthBasic:
 		// RFC 6749 2.3.1: both parts are form-encoded before Basic encoding.
+	case clientAuthJWT:
+		if c.assertions == nil {
+			return nil, errors.New("no client assertion signer: check client_private_key")
+		}
+		assertion, err := c.assertions.sign(c.now())
+		if err != nil {
+			return nil, errors.New("cannot sign the client assertion: check client_private_key")
+		}
+		form.Set("client_id", conn.ClientID)
+		form.Set("client_assertion_type", assertionTypeJWT)
+		form.Set("client_assertion", assertion)
 	default:
 		if conn.ClientID != "" {
 			form.Set("client_id", conn.ClientID)

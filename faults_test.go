@@ -874,12 +874,6 @@ func rejectedParts(client bool) (what, fix string) {
 		"update the credentials with vault write bearer/config/conn password=<new password> (or client_secret=<new secret>)"
 }
 
-// rejectedMessage is the error of a read whose password grant was rejected.
-func rejectedMessage(cause string, allowed time.Time) string {
-	return fmt.Sprintf(`connection "conn" rejected the credentials of user "alice@example.com": %s; `+
-		`to protect the account from lockout no login is tried before %s: update the credentials with vault write bearer/config/conn password=<new password> (or client_secret=<new secret>)`,
-		cause, formatTime(allowed))
-}
 
 func TestFaults_AmbiguousRefreshIsNeverReplayed(t *testing.T) {
 	env, p, _, _ := newSession(t)

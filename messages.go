@@ -101,6 +101,11 @@ func msgMinTTLCapped(field string, asked, lifetime time.Duration) string {
 		field, asked, lifetime, lifetime/2)
 }
 
+// msgSessionEnded: a seeded session (grant_type=refresh_token) has ended.
+func msgSessionEnded(role, conn, cause string) string {
+	return fmt.Sprintf("role %q: the session of connection %q (grant_type=refresh_token) has ended (%s) and the engine cannot log in: seed a new one with vault write <mount>/creds/%s refresh_token=-", role, conn, cause, role)
+}
+
 func msgBadConnection(conn string, err error) string {
 	return fmt.Sprintf("connection %q cannot be used: %s: fix it with vault write <mount>/config/%s", conn, err, conn)
 }

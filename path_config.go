@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"net/url"
 	"sort"
 	"strings"
 	"time"
@@ -18,6 +19,9 @@ import (
 const (
 	clientAuthBody  = "body"
 	clientAuthBasic = "basic"
+	clientAuthJWT   = "private_key_jwt"
+
+	grantClientCredentials = "client_credentials"
 
 	providerGeneric  = "generic"
 	providerMindbaz  = "mindbaz"
@@ -48,6 +52,17 @@ type connEntry struct {
 	RefreshTokenTTL time.Duration     `json:"refresh_token_ttl,omitempty"`
 	// MaxConcurrentRequests bounds the token requests in flight to the provider.
 	MaxConcurrentRequests int `json:"max_concurrent_requests,omitempty"`
+	// GrantType is how a session starts: password (the default), client_credentials,
+	// or refresh_token (no login: a session is seeded through creds/<role>).
+	GrantType string `json:"grant_type,omitempty"`
+	// ClientPrivateKey (PEM) signs the client assertions of client_auth=private_key_jwt;
+	// ClientPrivateKeyID is their kid, ClientAssertionAudience their aud (default: the
+	// token URL).
+	ClientPrivateKey        string `json:"client_private_key,omitempty"`
+	ClientPrivateKeyID      string `json:"client_private_key_id,omitempty"`
+	ClientAssertionAudience string `json:"client_assertion_audience,omitempty"`
+	// OfflineAccess asks a Keycloak realm for offline sessions (scope offline_access).
+	OfflineAccess bool `json:"offline_access,omitempty"`
 
 	// CredentialsVersion changes whenever the password or the client (id, secret or
 	// authentication) does, which lifts a "credentials rejected" state recorded against
@@ -136,17 +151,40 @@ func pathConfig(b *backend) []*framework.Path {
 				},
 				"client_auth": {
 					Type:          framework.TypeString,
-					Description:   "Where the client credentials go: the form body (body) or HTTP Basic (basic).",
+					Description:   "How the client authenticates: client_id and client_secret in the form body (body), HTTP Basic (basic), or a client assertion signed with client_private_key (private_key_jwt, RFC 7523).",
 					Default:       clientAuthBody,
-					AllowedValues: []any{clientAuthBody, clientAuthBasic},
+					AllowedValues: []any{clientAuthBody, clientAuthBasic, clientAuthJWT},
+				},
+				"grant_type": {
+					Type:          framework.TypeString,
+					Description:   "How a session starts: password (username and password), client_credentials (the client alone), or refresh_token (no login: seed each role's session with vault write <mount>/creds/<role> refresh_token=-).",
+					Default:       grantPassword,
+					AllowedValues: []any{grantPassword, grantClientCredentials, grantRefresh},
+				},
+				"client_private_key": {
+					Type:         framework.TypeString,
+					Description:  "PEM private key (RSA of 2048 bits or more for RS256, or P-256 EC for ES256) that signs the client assertions of client_auth=private_key_jwt. Never returned.",
+					DisplayAttrs: &framework.DisplayAttributes{Sensitive: true},
+				},
+				"client_private_key_id": {
+					Type:        framework.TypeString,
+					Description: "Key ID (kid) put in the client assertions' header, as registered at the provider.",
+				},
+				"client_assertion_audience": {
+					Type:        framework.TypeString,
+					Description: "Audience (aud) of the client assertions; default: the token URL. Some providers want their issuer URL.",
+				},
+				"offline_access": {
+					Type:        framework.TypeBool,
+					Description: "Ask for an offline session (scope offline_access; Keycloak): its refresh token survives the realm's SSO session limits and is kept alive by the background at least daily.",
 				},
 				"username": {
 					Type:        framework.TypeString,
-					Description: "Account username for the password grant. Required.",
+					Description: "Account username for the password grant. Required with grant_type=password.",
 				},
 				"password": {
 					Type:         framework.TypeString,
-					Description:  "Account password for the password grant. Required; never returned and never logged.",
+					Description:  "Account password for the password grant. Required with grant_type=password; never returned and never logged.",
 					DisplayAttrs: &framework.DisplayAttributes{Sensitive: true},
 				},
 				"password_params": {
@@ -241,6 +279,8 @@ func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *
 		// bring the account closer to a lockout.
 		resp.AddWarning(fmt.Sprintf("verification login skipped: the provider rejected these credentials at %s and no login is tried before %s; update %s to lift that",
 			formatTime(rej.At), formatTime(rej.NextLoginAt), credentialFields(rej)))
+	case entry.grantType() == grantRefresh:
+		// No login to verify with: sessions are seeded through creds/<role>.
 	default:
 		verified, err = b.verifyLogin(ctx, cs, entry)
 		if err != nil {
@@ -334,7 +374,7 @@ func (b *backend) keepSpare(ctx context.Context, s logical.Storage, cs *connStat
 			now := b.now()
 			t := sessionTokens{
 				AccessToken: tok.AccessToken, TokenType: tok.TokenType, Scope: tok.Scope,
-				ObtainedAt: tok.Started, ExpiresAt: tok.ExpiresAt, Grant: grantPassword,
+				ObtainedAt: tok.Started, ExpiresAt: tok.ExpiresAt, Grant: entry.grantType(),
 				RefreshToken: tok.RefreshToken, RefreshExpiresAt: tok.RefreshExpiresAt,
 			}
 			if t.ObtainedAt.IsZero() {
@@ -400,7 +440,10 @@ func (b *backend) endSessionsOf(s logical.Storage, old *connEntry) {
 // result; the warnings say what it changed of what was written.
 func mergeConnection(old *connEntry, d *framework.FieldData) (*connEntry, []string, error) {
 	var warnings []string
-	entry := &connEntry{Provider: providerGeneric, ClientAuth: clientAuthBody, RequestTimeout: defaultRequestTimeout, MaxConcurrentRequests: defaultMaxConcurrentRequests}
+	entry := &connEntry{
+		Provider: providerGeneric, GrantType: grantPassword, ClientAuth: clientAuthBody,
+		RequestTimeout: defaultRequestTimeout, MaxConcurrentRequests: defaultMaxConcurrentRequests,
+	}
 	if old != nil {
 		copied := *old
 		entry = &copied
@@ -447,6 +490,15 @@ func mergeConnection(old *connEntry, d *framework.FieldData) (*connEntry, []stri
 	strField("client_auth", &entry.ClientAuth)
 	strField("username", &entry.Username)
 	strField("ca_cert", &entry.CACert)
+	strField("grant_type", &entry.GrantType)
+	strField("client_private_key_id", &entry.ClientPrivateKeyID)
+	strField("client_assertion_audience", &entry.ClientAssertionAudience)
+	if v, ok := d.GetOk("client_private_key"); ok {
+		entry.ClientPrivateKey = strings.TrimSpace(v.(string))
+	}
+	if v, ok := d.GetOk("offline_access"); ok {
+		entry.OfflineAccess = v.(bool)
+	}
 	// A secret written with field=- from echo or a typed line ends in a newline that is
 	// not part of it.
 	secretField := func(field string, dst *string) {
@@ -479,10 +531,11 @@ func mergeConnection(old *connEntry, d *framework.FieldData) (*connEntry, []stri
 	if err := validateConnection(entry); err != nil {
 		return nil, nil, err
 	}
-	if old == nil || old.Password != entry.Password || old.ClientSecret != entry.ClientSecret || old.ClientAuth != entry.ClientAuth {
+	if old == nil || old.Password != entry.Password || old.ClientSecret != entry.ClientSecret || old.ClientAuth != entry.ClientAuth ||
+		old.ClientPrivateKey != entry.ClientPrivateKey || old.ClientPrivateKeyID != entry.ClientPrivateKeyID {
 		entry.CredentialsVersion++
 	}
-	if old == nil || old.TokenURL != entry.TokenURL || old.ClientID != entry.ClientID || old.Username != entry.Username {
+	if old == nil || old.TokenURL != entry.TokenURL || old.ClientID != entry.ClientID || old.Username != entry.Username || old.grantType() != entry.grantType() {
 		entry.AccountVersion++
 		entry.CredentialsVersion++
 	}
@@ -497,14 +550,24 @@ func validateConnection(entry *connEntry) error {
 		return errors.New("provider=keycloak needs issuer (the realm URL, e.g. https://sso.example.com/realms/myrealm)")
 	case entry.TokenURL == "":
 		return errors.New("token_url is required for provider=generic")
-	case entry.Username == "":
-		return errors.New("username is required")
-	case entry.Password == "":
-		return errors.New("password is required")
-	case entry.ClientAuth != clientAuthBody && entry.ClientAuth != clientAuthBasic:
-		return fmt.Errorf("client_auth must be body or basic, not %q", entry.ClientAuth)
+	case entry.grantType() != grantPassword && entry.grantType() != grantClientCredentials && entry.grantType() != grantRefresh:
+		return fmt.Errorf("grant_type must be password, client_credentials or refresh_token, not %q", entry.GrantType)
+	case entry.grantType() == grantPassword && entry.Username == "":
+		return errors.New("username is required with grant_type=password")
+	case entry.grantType() == grantPassword && entry.Password == "":
+		return errors.New("password is required with grant_type=password")
+	case entry.grantType() == grantClientCredentials && entry.ClientID == "":
+		return errors.New("grant_type=client_credentials needs client_id")
+	case entry.grantType() == grantClientCredentials && entry.ClientSecret == "" && entry.ClientAuth != clientAuthJWT:
+		return errors.New("grant_type=client_credentials needs the client to authenticate: client_secret, or client_auth=private_key_jwt with client_private_key")
+	case entry.ClientAuth != clientAuthBody && entry.ClientAuth != clientAuthBasic && entry.ClientAuth != clientAuthJWT:
+		return fmt.Errorf("client_auth must be body, basic or private_key_jwt, not %q", entry.ClientAuth)
 	case entry.ClientAuth == clientAuthBasic && entry.ClientID == "":
 		return errors.New("client_auth=basic needs client_id")
+	case entry.ClientAuth == clientAuthJWT && entry.ClientID == "":
+		return errors.New("client_auth=private_key_jwt needs client_id")
+	case entry.ClientAuth == clientAuthJWT && entry.ClientPrivateKey == "":
+		return errors.New("client_auth=private_key_jwt needs client_private_key (PEM)")
 	case entry.RequestTimeout <= 0:
 		return errors.New("request_timeout must be positive")
 	case entry.RefreshTokenTTL < 0:
@@ -530,7 +593,25 @@ func validateConnection(entry *connEntry) error {
 			return err
 		}
 	}
+	if entry.ClientPrivateKey != "" {
+		if _, _, err := parsePrivateKey(entry.ClientPrivateKey); err != nil {
+			return err
+		}
+	}
+	if entry.ClientAssertionAudience != "" {
+		if _, err := url.Parse(entry.ClientAssertionAudience); err != nil {
+			return errors.New("client_assertion_audience is not a URL")
+		}
+	}
 	return nil
+}
+
+// grantType is the connection's grant_type; password for entries of v0.1.0.
+func (c *connEntry) grantType() string {
+	if c == nil || c.GrantType == "" {
+		return grantPassword
+	}
+	return c.GrantType
 }
 
 func checkPEM(s string) error {
@@ -566,7 +647,7 @@ func (b *backend) verifyLogin(ctx context.Context, cs *connState, entry *connEnt
 	defer c.http.CloseIdleConnections()
 	c.slots = b.requestSlots(cs, entry)
 	c.observe = b.metrics.observer(cs.name)
-	return c.passwordGrant(ctx, nil, maxAttemptRequests)
+	return c.login(ctx, nil, maxAttemptRequests, nil)
 }
 
 // pathConfigRead returns the connection without its secrets: password and client_secret
@@ -585,24 +666,29 @@ func (b *backend) pathConfigRead(ctx context.Context, req *logical.Request, d *f
 		return nil, err
 	}
 	data := map[string]any{
-		"provider":                entry.Provider,
-		"issuer":                  entry.Issuer,
-		"token_url":               entry.TokenURL,
-		"revocation_url":          entry.RevocationURL,
-		"client_id":               entry.ClientID,
-		"client_auth":             entry.ClientAuth,
-		"client_secret_set":       entry.ClientSecret != "",
-		"username":                entry.Username,
-		"password_set":            entry.Password != "",
-		"password_params":         nonNilMap(entry.PasswordParams),
-		"refresh_params":          nonNilMap(entry.RefreshParams),
-		"ca_cert":                 entry.CACert,
-		"request_timeout":         int64(entry.RequestTimeout.Seconds()),
-		"refresh_token_ttl":       int64(entry.RefreshTokenTTL.Seconds()),
-		"max_concurrent_requests": entry.MaxConcurrentRequests,
-		"credentials_rejected_at": "",
-		"next_login_at":           "",
-		"last_error":              "",
+		"provider":                  entry.Provider,
+		"issuer":                    entry.Issuer,
+		"token_url":                 entry.TokenURL,
+		"revocation_url":            entry.RevocationURL,
+		"client_id":                 entry.ClientID,
+		"client_auth":               entry.ClientAuth,
+		"client_secret_set":         entry.ClientSecret != "",
+		"username":                  entry.Username,
+		"password_set":              entry.Password != "",
+		"password_params":           nonNilMap(entry.PasswordParams),
+		"refresh_params":            nonNilMap(entry.RefreshParams),
+		"ca_cert":                   entry.CACert,
+		"request_timeout":           int64(entry.RequestTimeout.Seconds()),
+		"refresh_token_ttl":         int64(entry.RefreshTokenTTL.Seconds()),
+		"max_concurrent_requests":   entry.MaxConcurrentRequests,
+		"grant_type":                entry.grantType(),
+		"client_private_key_set":    entry.ClientPrivateKey != "",
+		"client_private_key_id":     entry.ClientPrivateKeyID,
+		"client_assertion_audience": entry.ClientAssertionAudience,
+		"offline_access":            entry.OfflineAccess,
+		"credentials_rejected_at":   "",
+		"next_login_at":             "",
+		"last_error":                "",
 	}
 	if rej := account.Rejection; rej.appliesTo(entry) {
 		data["credentials_rejected_at"] = formatTime(rej.At)

@@ -136,7 +136,7 @@ func TestConfig_Validation(t *testing.T) {
 		"missing password":                 {map[string]any{"token_url": "https://a.example/t", "username": "u", "verify": false}, "password is required"},
 		"generic without token url":        {map[string]any{"username": "u", "password": "p", "verify": false}, "token_url is required for provider=generic"},
 		"keycloak without issuer":          {base(map[string]any{"provider": "keycloak", "token_url": ""}), "provider=keycloak needs issuer"},
-		"unknown client auth":              {base(map[string]any{"client_auth": "jwt"}), "client_auth must be body or basic"},
+		"unknown client auth":              {base(map[string]any{"client_auth": "jwt"}), "client_auth must be body, basic or private_key_jwt"},
 		"basic auth without client id":     {base(map[string]any{"client_auth": "basic"}), "client_auth=basic needs client_id"},
 		"bad ca cert":                      {base(map[string]any{"ca_cert": "not a pem"}), "ca_cert holds no PEM certificate"},
 		"http revocation to a remote host": {base(map[string]any{"revocation_url": "http://api.example.com/revoke"}), "revocation_url must use https://"},

@@ -28,6 +28,11 @@ func pathCreds(b *backend) []*framework.Path {
 					Description: "Ask for a token valid for at least this long, when more than the role's min_ttl (capped at half the token's lifetime).",
 					Query:       true,
 				},
+				"refresh_token": {
+					Type:         framework.TypeString,
+					Description:  "On write: seed the role's session with this refresh token (the old session ends), renewed at once; for connections with grant_type=refresh_token, which cannot log in. Never returned or logged.",
+					DisplayAttrs: &framework.DisplayAttributes{Sensitive: true},
+				},
 			},
 			Operations: map[logical.Operation]framework.OperationHandler{
 				// The read is not forwarded: a cached token is served by any node, and a
@@ -82,11 +87,21 @@ func (b *backend) pathCredsRenew(ctx context.Context, req *logical.Request, d *f
 	return b.creds(ctx, req, d, true)
 }
 
-// creds answers a creds read, or with force a renewal.
+// creds answers a creds read, or with force a renewal (or the seeding of a session).
 func (b *backend) creds(ctx context.Context, req *logical.Request, d *framework.FieldData, force bool) (*logical.Response, error) {
 	minTTL := time.Duration(d.Get("min_ttl").(int)) * time.Second
 	name := d.Get("name").(string)
-	res, err := b.getToken(ctx, req.Storage, name, minTTL, force)
+	var res tokenResult
+	var err error
+	if v, ok := d.GetOk("refresh_token"); ok && force {
+		seed, _ := trimLineEnd(v.(string))
+		if seed == "" {
+			return logical.ErrorResponse("role %q: refresh_token is empty", name), nil
+		}
+		res, err = b.renewFor(ctx, req.Storage, b.roleState(name), renewOptions{minTTL: minTTL, force: true, seed: seed})
+	} else {
+		res, err = b.getToken(ctx, req.Storage, name, minTTL, force)
+	}
 	if err != nil {
 		if !isReadOnlyErr(err) {
 			b.metrics.read(name, answeredFailed)

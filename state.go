@@ -312,7 +312,13 @@ func (b *backend) newTokenClient(entry *connEntry) (*tokenClient, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &tokenClient{conn: entry, http: hc, now: b.now, sleep: b.sleep}, nil
+	c := &tokenClient{conn: entry, http: hc, now: b.now, sleep: b.sleep}
+	if entry.ClientAuth == clientAuthJWT {
+		if c.assertions, err = newAssertionSigner(entry); err != nil {
+			return nil, err
+		}
+	}
+	return c, nil
 }
 
 // invalidate drops what is cached of the storage key another node changed.

@@ -3,6 +3,7 @@ package bearer
 import (
 	"context"
 	"errors"
+	"fmt"
 	"time"
 
 	"github.com/hashicorp/vault/sdk/logical"
@@ -132,6 +133,9 @@ type renewOptions struct {
 	force  bool
 	// background: the periodic renewal, which renews only what is due.
 	background bool
+	// seed, when set, replaces the role's session by one of this refresh token, renewed
+	// at once (vault write creds/<role> refresh_token=-).
+	seed string
 }
 
 // renewFor runs a renewal of a role, or waits for the one in flight and takes its
@@ -202,6 +206,11 @@ func (b *backend) renew(ctx context.Context, s logical.Storage, rs *roleState, o
 	}
 	r.minTTL = max(r.role.MinTTL, opts.minTTL)
 	r.force, r.background = opts.force, opts.background
+	if opts.seed != "" {
+		if err := r.plant(opts.seed); err != nil {
+			return tokenResult{}, err
+		}
+	}
 	if opts.background {
 		if !r.due() {
 			return tokenResult{}, nil
@@ -237,8 +246,10 @@ type renewal struct {
 	force      bool
 	background bool
 	// refused is the refresh grant's refusal for a reason of configuration, surfaced
-	// when the password login that replaced it succeeds.
+	// when the password login that replaced it succeeds; spent is why the refresh token
+	// turned out dead or spent.
 	refused  string
+	spent    string
 	warnings []string
 }
 
@@ -422,9 +433,11 @@ func (r *renewal) refresh() (tokenResult, error, bool) {
 	switch {
 	case ge != nil && ge.kind == failRejected && ge.refreshRefusedByConfiguration():
 		r.refused = r.redact(ge.Error())
+		r.spent = r.refused
 		r.b.Logger().Warn("the provider refused the refresh grant for a reason of configuration; logging in with the password", "role", r.rs.name, "connection", r.role.Config, "reason", r.refused)
 	case ge != nil && (ge.kind == failRejected || ge.kind == failAmbiguous):
-		r.b.Logger().Info("refresh token not usable, logging in with the password", "role", r.rs.name, "connection", r.role.Config, "reason", r.redact(ge.Error()))
+		r.spent = r.redact(ge.Error())
+		r.b.Logger().Info("refresh token not usable, starting a new session", "role", r.rs.name, "connection", r.role.Config, "reason", r.spent)
 	default:
 		// R3: not sent, or not processed: the refresh token is still good.
 		r.sess.Tokens.RefreshSentAt = time.Time{}
@@ -444,6 +457,10 @@ func (r *renewal) storageHoldsUnmarked(rt string) bool {
 
 // login logs in with the password (L1 to L5 in docs/renewal.md).
 func (r *renewal) login() (tokenResult, error) {
+	if r.conn.grantType() == grantRefresh {
+		// No login: the session was seeded, and it has ended.
+		return r.ended()
+	}
 	client, err := r.clientFor()
 	if err != nil {
 		return r.failed(err)
@@ -472,7 +489,7 @@ func (r *renewal) login() (tokenResult, error) {
 			}
 		},
 	}
-	tok, err := client.passwordGrantGuarded(r.ctx, r.role.Scopes, r.requests(), guard)
+	tok, err := client.login(r.ctx, r.role.Scopes, r.requests(), guard)
 	if rejErr != nil {
 		err = rejErr
 	}
@@ -492,7 +509,53 @@ func (r *renewal) login() (tokenResult, error) {
 	}); err != nil {
 		r.b.Logger().Warn("could not clear the connection's rejection record", "connection", r.role.Config, "error", err)
 	}
-	return r.succeeded(tok, grantPassword)
+	return r.succeeded(tok, r.conn.grantType())
+}
+
+// plant replaces the role's session by one of refresh token seed (the old session ends
+// at the provider) and saves it, so that the renewal that follows presents the seed.
+func (r *renewal) plant(seed string) error {
+	if old := r.sess.Tokens.RefreshToken; old != "" && old != seed {
+		r.b.revokeWith(r.ctx, r.cs, r.conn, old, r.rs.name)
+	}
+	r.sess.Tokens = sessionTokens{RefreshToken: seed}
+	if r.conn.RefreshTokenTTL > 0 {
+		r.sess.Tokens.RefreshExpiresAt = r.now().Add(r.conn.RefreshTokenTTL)
+	}
+	r.sess.Failure = failureRecord{}
+	r.old = sessionTokens{}
+	r.force = true
+	r.b.Logger().Info("session seeded with a refresh token", "role", r.rs.name, "connection", r.role.Config)
+	if err := r.save(); err != nil {
+		return fmt.Errorf("role %q: the seeded session could not be saved: %w", r.rs.name, err)
+	}
+	return nil
+}
+
+// ended answers for a role of a grant_type=refresh_token connection whose session has
+// ended (or was never seeded): only an operator can seed a new one.
+func (r *renewal) ended() (tokenResult, error) {
+	now := r.now()
+	f := &r.sess.Failure
+	cause := r.spent
+	if cause == "" {
+		cause = f.LastError
+	}
+	if cause == "" {
+		cause = "no session was seeded"
+	}
+	msg := msgSessionEnded(r.rs.name, r.role.Config, cause)
+	if f.Message != msg {
+		f.Message, f.LastErrorAt = msg, now
+		if f.LastError == "" {
+			f.LastError = cause
+		}
+		f.NextAttemptAt, f.ConnRevision = time.Time{}, 0
+		if err := r.save(); err != nil {
+			r.b.Logger().Warn("could not save the failure record", "role", r.rs.name, "error", err)
+		}
+	}
+	return r.stale(now, &providerError{errors.New(msg)})
 }
 
 // rejected records that the provider rejected the connection's credentials, for every
@@ -578,7 +641,7 @@ func (r *renewal) succeeded(tok *tokenResponse, grant string) (tokenResult, erro
 	// A refresh answer without a refresh token keeps the one presented; a login starts
 	// a new session.
 	prevRT, prevRTExpiry := t.RefreshToken, t.RefreshExpiresAt
-	if grant == grantPassword {
+	if grant != grantRefresh {
 		prevRT, prevRTExpiry = "", time.Time{}
 	}
 	*t = sessionTokens{
