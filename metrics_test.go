@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"net/url"
 	"sort"
 	"strings"
 	"testing"
@@ -129,7 +130,7 @@ func jsonValue(data map[string][]jsonSample, name, labels string) (float64, bool
 }
 
 // TestMetrics follows one role through a login, a cached read, a background renewal,
-// a renewal in a read and a rejected password, and reads the metrics in both forms
+// a renewal in a read, a stale answer and a rejected password, and reads the metrics in both forms
 // after each: the counters and gauges say what happened, and no secret or token
 // appears in them.
 func TestMetrics(t *testing.T) {
@@ -171,6 +172,8 @@ func TestMetrics(t *testing.T) {
 		cached    = `bearer_creds_reads_total{answer="cached",role="app"}`
 		renewed   = `bearer_creds_reads_total{answer="renewed",role="app"}`
 		failed    = `bearer_creds_reads_total{answer="failed",role="app"}`
+		stale     = `bearer_creds_reads_total{answer="stale",role="app"}`
+		transient = `bearer_token_requests_total{connection="conn",grant="refresh_token",outcome="transient"}`
 		bgRenewed = `bearer_background_renewals_total{outcome="renewed"}`
 		accessL   = `bearer_access_token_remaining_seconds{role="app"}`
 		refreshL  = `bearer_refresh_token_remaining_seconds{role="app"}`
@@ -208,6 +211,16 @@ func TestMetrics(t *testing.T) {
 	read()
 	check("after a renewal in a read", want{refreshed: 2, renewed: 2, accessL: p.accessTTL.Seconds()})
 
+	// The provider fails while the token is still valid: a forced renewal serves it.
+	p.setHook(func(w http.ResponseWriter, r *http.Request, form url.Values) bool {
+		oauthError(w, http.StatusServiceUnavailable, "temporarily_unavailable", "")
+		return true
+	})
+	env.mustOK(t, logical.UpdateOperation, "creds/app", nil)
+	check("after a stale answer", want{stale: 1, transient: 1, refreshed: 2, failures: 1})
+	p.setHook(nil)
+	env.clock.Add(time.Minute) // past the retry window
+
 	// The password changes at the provider and the session is lost: the login is
 	// rejected.
 	p.setPassword("changed-at-the-provider")
@@ -215,7 +228,7 @@ func TestMetrics(t *testing.T) {
 	env.mustFail(t, logical.ReadOperation, "creds/app", nil)
 	next := env.clock.Now().Add(rejectionBackoff)
 	check("after a rejected password", want{
-		rejected: 1, login: 1, failed: 1, renewed: 2, accessL: -1, failures: 1,
+		rejected: 1, login: 1, failed: 1, renewed: 2, stale: 1, accessL: -1, failures: 2, // the failure record outlives the session
 		connRej: 1, nextLogin: float64(next.Unix()),
 	})
 

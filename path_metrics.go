@@ -112,8 +112,8 @@ params format=[prometheus], with a Vault token that may read this path). Vault d
 not gather an external plugin's telemetry, so this is the only place to see them.
 
 Counters live in memory on each Vault node and start at 0 when the plugin process
-starts; the path is not forwarded, so every node that answers reads answers with its
-own (scrape each node):
+starts. The path is not forwarded: a node that serves reads itself (a performance
+standby) answers with its own counters, so scrape every node:
   bearer_token_requests_total{connection,grant,outcome}  token requests to the
       provider; outcome is success, rejected, transient, ambiguous or invalid
   bearer_provider_request_duration_seconds{connection}   provider latency histogram

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -59,6 +60,11 @@ func TestPrometheusScrape(t *testing.T) {
 			t.Errorf("monitoring token: GET %s: %v %v; want 403", path, r, err)
 		}
 	}
+	for _, path := range []string{"bearer/metrics", "bearer/health"} {
+		if out, errOut, err := s.CLI(token, "path-help", path); err != nil || !strings.Contains(out, "node") {
+			t.Errorf("vault path-help %s: %v\n%s%s", path, err, out, errOut)
+		}
+	}
 	awaitSeries(t, prom, `up{job="vault-bearer"}`, 1, "Prometheus scrapes Vault")
 
 	// A read (it takes the verify login's session) and a forced renewal: a refresh.
@@ -89,6 +95,30 @@ func TestPrometheusScrape(t *testing.T) {
 	h := health(t, s, token)
 	if h.Status != http.StatusServiceUnavailable {
 		t.Fatalf("health after the rejection: %s", h)
+	}
+	// The CLI prints the reasons of a 503.
+	if _, errOut, err := s.CLI(token, "read", "bearer/health"); err == nil || !strings.Contains(errOut, "Code: 503") ||
+		!strings.Contains(errOut, `role "demo": the credentials of its connection "demo" were rejected`) {
+		t.Errorf("vault read bearer/health after the rejection: %v\n%s", err, errOut)
+	}
+	// The JSON form, through the CLI: this node's counters.
+	var metrics struct {
+		Data map[string][]struct {
+			Labels map[string]string `json:"labels"`
+			Value  float64           `json:"value"`
+		} `json:"data"`
+	}
+	if out, errOut, err := s.CLI(token, "read", "-format=json", "bearer/metrics"); err != nil || json.Unmarshal([]byte(out), &metrics) != nil {
+		t.Errorf("vault read -format=json bearer/metrics: %v\n%s%s", err, out, errOut)
+	}
+	rejected := 0.0
+	for _, m := range metrics.Data["bearer_token_requests_total"] {
+		if m.Labels["grant"] == "password" && m.Labels["outcome"] == "rejected" {
+			rejected += m.Value
+		}
+	}
+	if rejected != 1 {
+		t.Errorf("JSON metrics: %v rejected password logins, want 1: %v", rejected, metrics.Data)
 	}
 	errs := strings.Join(h.Errors, "\n")
 	for _, want := range []string{`role "demo": the credentials of its connection "demo" were rejected`, `connection "demo" rejected the credentials of user`} {
