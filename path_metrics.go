@@ -27,9 +27,10 @@ func pathMetrics(b *backend) []*framework.Path {
 			Fields: map[string]*framework.FieldSchema{
 				"format": {
 					Type:          framework.TypeString,
-					Description:   `"prometheus" for Prometheus' text format; JSON otherwise.`,
+					Description:   `"prometheus" for Prometheus' text exposition format, "json" (the default) for JSON.`,
 					Query:         true,
-					AllowedValues: []any{"", "json", "prometheus"},
+					Default:       "json",
+					AllowedValues: []any{"json", "prometheus"},
 				},
 			},
 			Operations: map[logical.Operation]framework.OperationHandler{
