@@ -31,8 +31,8 @@ unit: ## Unit tests with the race detector (fuzz seed corpora included)
 	go test -race -count=1 ./...
 
 .PHONY: e2e
-e2e: ## End-to-end suite: real Vault, real plugin binary, fosite provider (builds Vault if needed)
-	cd e2e && go test -count=1 -timeout 30m ./...
+e2e: ## End-to-end suite: real Vault, real plugin binary, fosite provider, Prometheus (builds Vault, installs Prometheus if needed)
+	cd e2e && E2E_INSTALL_PROMETHEUS=$${E2E_INSTALL_PROMETHEUS:-1} go test -count=1 -timeout 30m ./...
 
 .PHONY: bench
 bench: ## Performance figures as one table: backend benchmarks and the real-Vault comparison (BENCH_README=1: also into README.md)

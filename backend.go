@@ -91,6 +91,8 @@ func newBackend() *backend {
 			pathConfig(b),
 			pathRoles(b),
 			pathCreds(b),
+			pathMetrics(b),
+			pathHealth(b),
 		),
 		Invalidate:     b.invalidate,
 		Clean:          b.clean,

@@ -2,6 +2,7 @@ package bearer
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -103,13 +104,20 @@ func (b *backend) creds(ctx context.Context, req *logical.Request, d *framework.
 		res, err = b.getToken(ctx, req.Storage, name, minTTL, force)
 	}
 	if err != nil {
-		if !isReadOnlyErr(err) {
+		if !isReadOnlyErr(err) && !isUnknownRole(err, name) {
 			b.metrics.read(name, answeredFailed)
 		}
 		return responseError(req, err)
 	}
 	b.metrics.read(name, res.how)
 	return credsResponse(&res, req.MountPoint), nil
+}
+
+// isUnknownRole reports whether err says that role does not exist. Such reads are not
+// counted: the name is the caller's, and any name would make a new series.
+func isUnknownRole(err error, role string) bool {
+	var uerr *userError
+	return errors.As(err, &uerr) && uerr.msg == msgUnknownRole(role)
 }
 
 func (b *backend) pathCredsDelete(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
