@@ -17,6 +17,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/go-jose/go-jose/v4"
+	"github.com/go-jose/go-jose/v4/jwt"
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/vault/sdk/logical"
 )
@@ -305,6 +307,11 @@ type fakeProvider struct {
 	// failStorage, when set, is the switch of the engine's test storage a hook may
 	// turn on: storage failing while a request is at the provider.
 	failStorage *atomic.Bool
+	// clientSecret and clientKey, when set, are what the client credentials grant and
+	// client assertions are checked against; assertions records the verified claims.
+	clientSecret string
+	clientKey    any
+	assertions   []jwt.Claims
 }
 
 const (
@@ -435,7 +442,23 @@ func (p *fakeProvider) serve(w http.ResponseWriter, r *http.Request) {
 
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if form.Get("client_assertion") != "" && !p.checkAssertion(w, r, form) {
+		return
+	}
 	switch form.Get("grant_type") {
+	case grantClientCredentials:
+		if form.Get("client_assertion") == "" && (p.clientSecret == "" || form.Get("client_secret") != p.clientSecret) {
+			oauthError(w, http.StatusUnauthorized, "invalid_client", "Invalid client credentials")
+			return
+		}
+		if form.Get("username") != "" || form.Get("password") != "" {
+			oauthError(w, http.StatusBadRequest, "invalid_request", "client credentials with a password")
+			return
+		}
+		p.issued++
+		writeJSON(w, http.StatusOK, map[string]any{
+			"access_token": fmt.Sprintf("at-cc-%d", p.issued), "token_type": "Bearer", "expires_in": int(p.accessTTL.Seconds()),
+		})
 	case grantPassword:
 		if form.Get("username") != testUsername || form.Get("password") != p.password {
 			oauthError(w, http.StatusUnauthorized, "invalid_grant", "Invalid user credentials")
@@ -457,6 +480,29 @@ func (p *fakeProvider) serve(w http.ResponseWriter, r *http.Request) {
 	default:
 		oauthError(w, http.StatusBadRequest, "unsupported_grant_type", "")
 	}
+}
+
+// checkAssertion verifies a client assertion against clientKey and records its claims;
+// it answers invalid_client and returns false when it does not hold. The caller holds mu.
+func (p *fakeProvider) checkAssertion(w http.ResponseWriter, r *http.Request, form url.Values) bool {
+	var claims jwt.Claims
+	tok, err := jwt.ParseSigned(form.Get("client_assertion"), []jose.SignatureAlgorithm{jose.RS256, jose.ES256})
+	if err == nil && p.clientKey != nil {
+		err = tok.Claims(p.clientKey, &claims)
+	} else if err == nil {
+		err = errors.New("no client key")
+	}
+	if err == nil {
+		err = claims.ValidateWithLeeway(jwt.Expected{
+			Issuer: form.Get("client_id"), Subject: form.Get("client_id"), AnyAudience: jwt.Audience{p.srv.URL + r.URL.Path}, Time: p.clock.Now(),
+		}, 0)
+	}
+	if err != nil || form.Get("client_assertion_type") != assertionType {
+		oauthError(w, http.StatusUnauthorized, "invalid_client", "client assertion not valid")
+		return false
+	}
+	p.assertions = append(p.assertions, claims)
+	return true
 }
 
 // issue answers with new tokens. The caller holds mu.
