@@ -3,12 +3,15 @@ package bearer
 import (
 	"cmp"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"html"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"regexp"
 	"strings"
 	"sync"
 	"syscall"
@@ -461,6 +464,157 @@ func TestDescribeNetError(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			if got := describeNetError(tc.err); got != tc.want {
 				t.Errorf("describeNetError = %q, want %q", got, tc.want)
+			}
+		})
+	}
+}
+
+// Secrets with characters that every encoding changes: & < > " / + and a space.
+const (
+	oddPassword = `p&ss <w>rd "q"/+ x`
+	oddSecret   = `c&s<e>c"r/e+t k`
+	oddRefresh  = `rt&<>"/+ 1234=`
+)
+
+// echoForms are the ways a provider may echo back a secret it received.
+var echoForms = map[string]func(string) string{
+	"as sent":                          func(s string) string { return s },
+	"query-escaped":                    url.QueryEscape,
+	"path-escaped":                     url.PathEscape,
+	"form-encoded":                     func(s string) string { return strings.TrimPrefix(url.Values{"x": {s}}.Encode(), "x=") },
+	"JSON-escaped (\\u0026 escapes)":   func(s string) string { return jsonEscaped(s, true) },
+	"JSON-escaped (no HTML escapes)":   func(s string) string { return jsonEscaped(s, false) },
+	"query-escaped, lower-case hex":    func(s string) string { return lowerHex(url.QueryEscape(s)) },
+	"JSON-escaped (\\/ as PHP writes)": func(s string) string { return strings.ReplaceAll(jsonEscaped(s, false), "/", `\/`) },
+	"HTML-escaped":                     html.EscapeString,
+	"HTML-escaped (&quot;)":            func(s string) string { return strings.ReplaceAll(html.EscapeString(s), "&#34;", "&quot;") },
+}
+
+// lowerHex writes the percent escapes of s with lower-case hex digits, as .NET does.
+func lowerHex(s string) string {
+	return regexp.MustCompile(`%[0-9A-F]{2}`).ReplaceAllStringFunc(s, strings.ToLower)
+}
+
+// jsonEscaped is s inside a JSON string, with or without encoding/json's HTML escapes
+// (\u0026 for &, \u003c for <): other encoders write & and < as they are.
+func jsonEscaped(s string, escapeHTML bool) string {
+	var sb strings.Builder
+	enc := json.NewEncoder(&sb)
+	enc.SetEscapeHTML(escapeHTML)
+	_ = enc.Encode(s)
+	out := strings.TrimSpace(sb.String())
+	return out[1 : len(out)-1]
+}
+
+func TestClient_EchoedSecretsAreRedacted(t *testing.T) {
+	// The provider echoes a secret it received in error_description; the error names
+	// the grant, the code and the status, and only "[redacted]" in the secret's place.
+	type grant struct {
+		name    string
+		do      func(c *testClient) error
+		secrets map[string]string // form field: the secret sent in it
+	}
+	grants := []grant{
+		{
+			name:    grantPassword,
+			do:      func(c *testClient) error { _, err := c.passwordGrant(context.Background(), nil, 1); return err },
+			secrets: map[string]string{"password": oddPassword, "client_secret": oddSecret},
+		},
+		{
+			name:    grantRefresh,
+			do:      func(c *testClient) error { _, err := c.refreshGrant(context.Background(), oddRefresh, 1); return err },
+			secrets: map[string]string{"refresh_token": oddRefresh, "client_secret": oddSecret},
+		},
+	}
+	for _, g := range grants {
+		for field, secret := range g.secrets {
+			for form, encode := range echoForms {
+				t.Run(g.name+"/"+field+"/"+form, func(t *testing.T) {
+					c := newTestClient(t, 10*time.Second, func(w http.ResponseWriter, r *http.Request) {
+						_ = r.ParseForm()
+						oauthError(w, http.StatusBadRequest, "invalid_request", "got "+encode(r.PostForm.Get(field)))
+					})
+					c.conn.Password, c.conn.ClientSecret = oddPassword, oddSecret
+					err := g.do(c)
+					want := g.name + " grant failed: invalid_request: got [redacted] (HTTP 400)"
+					if err == nil || err.Error() != want {
+						t.Fatalf("error:\n got %v\nwant %s", err, want)
+					}
+					assertNoSecrets(t, "error", err.Error(), secret, encode(secret))
+				})
+			}
+		}
+		t.Run(g.name+"/the request body", func(t *testing.T) {
+			c := newTestClient(t, 10*time.Second, func(w http.ResponseWriter, r *http.Request) {
+				body, _ := io.ReadAll(r.Body)
+				oauthError(w, http.StatusBadRequest, "invalid_request", string(body))
+			})
+			c.conn.Password, c.conn.ClientSecret = oddPassword, oddSecret
+			err := g.do(c)
+			for _, secret := range g.secrets {
+				for form, encode := range echoForms {
+					assertNoSecrets(t, "error ("+form+")", fmt.Sprint(err), encode(secret))
+				}
+			}
+			if n := strings.Count(fmt.Sprint(err), "[redacted]"); n != len(g.secrets) {
+				t.Errorf("error %v has %d redactions, want %d", err, n, len(g.secrets))
+			}
+		})
+	}
+}
+
+func TestClient_ShortSecretDropsProviderText(t *testing.T) {
+	// A secret under 4 bytes cannot be taken out of text safely: the provider's text is
+	// not quoted, only a registered error code, with the grant and the status.
+	cases := map[string]struct {
+		password, secret, refresh string
+		body                      string
+		status                    int
+		err                       string
+		rejected                  bool
+	}{
+		"short password, registered code": {
+			password: "ab1", status: http.StatusUnauthorized,
+			body: `{"error":"invalid_grant","error_description":"password ab1 is wrong"}`,
+			err:  "password grant failed: invalid_grant (HTTP 401)", rejected: true,
+		},
+		"short password, unregistered code": {
+			password: "ab1", status: http.StatusBadRequest,
+			body: `{"error":"wrong_ab1","error_description":"password ab1 is wrong"}`,
+			err:  "password grant failed: token endpoint answered Bad Request (HTTP 400)",
+		},
+		"short password, free text as the code": {
+			password: "ab1", status: http.StatusBadRequest,
+			body: `{"error":"Password ab1 is wrong"}`,
+			err:  "password grant failed: token endpoint answered Bad Request (HTTP 400)",
+		},
+		"short client secret": {
+			password: testPassword, secret: "xy", status: http.StatusUnauthorized,
+			body: `{"error":"invalid_client","error_description":"secret xy unknown"}`,
+			err:  "password grant failed: invalid_client (HTTP 401)", rejected: true,
+		},
+		"short refresh token": {
+			password: testPassword, refresh: "r1", status: http.StatusBadRequest,
+			body: `{"error":"invalid_grant","error_description":"token r1 is not active"}`,
+			err:  "refresh_token grant failed: invalid_grant (HTTP 400)", rejected: true,
+		},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			c := newTestClient(t, 10*time.Second, served(tc.status, "application/json", tc.body))
+			c.conn.Password, c.conn.ClientSecret = tc.password, tc.secret
+			var err error
+			if tc.refresh != "" {
+				_, err = c.refreshGrant(context.Background(), tc.refresh, maxAttemptRequests)
+			} else {
+				_, err = c.passwordGrant(context.Background(), nil, maxAttemptRequests)
+			}
+			var gerr *grantError
+			if !errors.As(err, &gerr) || err.Error() != tc.err {
+				t.Fatalf("error:\n got %v\nwant %s", err, tc.err)
+			}
+			if gerr.credentialsRejected() != tc.rejected {
+				t.Errorf("credentials rejected: %v, want %v", gerr.credentialsRejected(), tc.rejected)
 			}
 		})
 	}
