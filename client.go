@@ -665,11 +665,12 @@ func jwtExpiry(token string) (time.Time, bool) {
 	return unixTime(f)
 }
 
-// checkTokenURL allows https everywhere and http only for loopback hosts.
+// checkEndpoint allows https everywhere and http only for loopback hosts. Its errors
+// quote the URL without its query and fragment, which may carry a key.
 func checkEndpoint(field, raw string) error {
 	u, err := url.Parse(raw)
 	if err != nil || u.Host == "" {
-		return fmt.Errorf("%s %q is not an absolute URL", field, raw)
+		return fmt.Errorf("%s %q is not an absolute URL", field, displayURL(raw))
 	}
 	switch u.Scheme {
 	case "https":

@@ -1,6 +1,9 @@
 package bearer
 
 import (
+	"maps"
+	"net/http"
+	"net/url"
 	"strings"
 	"testing"
 
@@ -201,5 +204,101 @@ func TestConfig_ListAndDeleteInUse(t *testing.T) {
 	env.mustOK(t, logical.DeleteOperation, "config/b", nil)
 	if resp, _ := env.request(t, logical.ReadOperation, "config/b", nil); resp != nil {
 		t.Error("deleted connection still readable")
+	}
+}
+
+// apiKey is a key a token URL carries in its query, fragment or user info: no error or
+// log line may quote it.
+const apiKey = "SECRET-api-key-4711"
+
+func TestConfig_TokenURLQueryIsNotQuoted(t *testing.T) {
+	cases := map[string]struct {
+		// base is the token URL without the key; conn adds connection fields.
+		base func(t *testing.T, p *fakeProvider) string
+		conn func(t *testing.T) map[string]any
+		hook hookFunc
+	}{
+		"connection refused": {base: func(t *testing.T, _ *fakeProvider) string { return refusedURL(t) }},
+		"provider answers 503": {
+			base: func(_ *testing.T, p *fakeProvider) string { return p.tokenURL() },
+			hook: reply("", http.StatusServiceUnavailable, "text/plain", "down")(nil),
+		},
+		"name does not resolve": {base: func(*testing.T, *fakeProvider) string { return "https://sso.bearer-test.invalid/oauth2/token" }},
+		"unknown certificate authority": {
+			base: func(_ *testing.T, p *fakeProvider) string { return p.tokenURL() },
+			conn: func(t *testing.T) map[string]any { return map[string]any{"ca_cert": otherCAPEM(t)} },
+		},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			env := getTestBackend(t)
+			p := newFakeProvider(t, "mindbaz", env.clock)
+			p.setHook(tc.hook)
+			base := tc.base(t, p)
+			u, err := url.Parse(base)
+			if err != nil {
+				t.Fatal(err)
+			}
+			u.User = url.UserPassword("apiuser", apiKey)
+			u.RawQuery, u.Fragment = "api_key="+apiKey, "key="+apiKey
+			data := p.connData()
+			data["token_url"] = u.String()
+			if tc.conn != nil {
+				maps.Copy(data, tc.conn(t))
+			}
+
+			msg := env.mustFail(t, logical.UpdateOperation, "config/conn", data)
+			if !strings.HasPrefix(msg, `connection "conn" not saved: verification login as "alice@example.com" failed: password grant failed: `) {
+				t.Errorf("verify failure: %s", msg)
+			}
+			assertNoSecrets(t, "verify failure", msg, apiKey, "api_key")
+
+			data["verify"] = false
+			env.mustOK(t, logical.UpdateOperation, "config/conn", data)
+			env.mustOK(t, logical.UpdateOperation, "roles/app", map[string]any{"config": "conn"})
+			msg = env.mustFail(t, logical.ReadOperation, "creds/app", nil)
+			if want := `could not get a token from connection "conn" (` + base + `): password grant failed: `; !strings.HasPrefix(msg, want) {
+				t.Errorf("creds error:\n got %s\nwant %s...", msg, want)
+			}
+			assertNoSecrets(t, "creds error", msg, apiKey, "api_key")
+			assertNoSecrets(t, "role read", respText(env.mustOK(t, logical.ReadOperation, "roles/app", nil)), apiKey)
+			assertNoSecrets(t, "trace logs", env.logs.String(), apiKey)
+		})
+	}
+}
+
+func TestConfig_EndpointErrorsDoNotQuoteTheQuery(t *testing.T) {
+	env := getTestBackend(t)
+	cases := map[string]struct {
+		data map[string]any
+		want string
+	}{
+		"token_url not absolute": {
+			data: map[string]any{"token_url": "sso.example.com/token?api_key=" + apiKey + "#k=" + apiKey},
+			want: `token_url "sso.example.com/token" is not an absolute URL`,
+		},
+		"revocation_url not absolute": {
+			data: map[string]any{"token_url": "https://sso.example.com/token", "revocation_url": "/revoke?api_key=" + apiKey},
+			want: `revocation_url "/revoke" is not an absolute URL`,
+		},
+		"issuer not absolute": {
+			data: map[string]any{"provider": "keycloak", "issuer": "realms/acme?api_key=" + apiKey},
+			want: `issuer "realms/acme" is not an absolute URL`,
+		},
+		"plain http to a remote host": {
+			data: map[string]any{"token_url": "http://sso.example.com/token?api_key=" + apiKey},
+			want: "token_url must use https:// (http:// is allowed only for loopback hosts)",
+		},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			data := map[string]any{"username": testUsername, "password": testPassword, "verify": false}
+			maps.Copy(data, tc.data)
+			msg := env.mustFail(t, logical.UpdateOperation, "config/c", data)
+			if want := `connection "c": ` + tc.want; msg != want {
+				t.Errorf("error:\n got %s\nwant %s", msg, want)
+			}
+			assertNoSecrets(t, "error", msg, apiKey)
+		})
 	}
 }
