@@ -474,10 +474,15 @@ func describeNetError(err error) string {
 }
 
 // permanentNetError reports transport failures that a retry cannot change: a host name
-// that does not resolve, a TLS handshake with a server that does not speak TLS.
+// that does not resolve, a TLS handshake with a server that does not speak TLS (net/http
+// reports a plain-HTTP server's answer as ErrSchemeMismatch, anything else as the TLS
+// record header error).
 func permanentNetError(err error) bool {
 	var dnsErr *net.DNSError
 	if errors.As(err, &dnsErr) && dnsErr.IsNotFound {
+		return true
+	}
+	if errors.Is(err, http.ErrSchemeMismatch) {
 		return true
 	}
 	var recErr tls.RecordHeaderError

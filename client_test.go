@@ -3,11 +3,14 @@ package bearer
 import (
 	"cmp"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"html"
 	"io"
+	"log"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -39,10 +42,16 @@ func newTestClient(tb testing.TB, timeout time.Duration, handler http.HandlerFun
 		handler(w, r)
 	}))
 	tb.Cleanup(tc.srv.Close)
-	p := &fakeProvider{srv: tc.srv}
+	tc.init(tb, tc.srv.URL+"/token", (&fakeProvider{srv: tc.srv}).caPEM(), timeout)
+	return tc
+}
+
+// init builds the token client for tokenURL, trusting caPEM.
+func (tc *testClient) init(tb testing.TB, tokenURL, caPEM string, timeout time.Duration) {
+	tb.Helper()
 	conn := &connEntry{
-		TokenURL: tc.srv.URL + "/token", ClientID: "cli", ClientSecret: testSecret, ClientAuth: clientAuthBody,
-		Username: testUsername, Password: testPassword, CACert: p.caPEM(), RequestTimeout: timeout,
+		TokenURL: tokenURL, ClientID: "cli", ClientSecret: testSecret, ClientAuth: clientAuthBody,
+		Username: testUsername, Password: testPassword, CACert: caPEM, RequestTimeout: timeout,
 	}
 	hc, err := newHTTPClient(conn)
 	if err != nil {
@@ -55,7 +64,6 @@ func newTestClient(tb testing.TB, timeout time.Duration, handler http.HandlerFun
 		tc.mu.Unlock()
 		return ctx.Err()
 	}}
-	return tc
 }
 
 // callCount is how many requests the server received.
@@ -617,5 +625,193 @@ func TestClient_ShortSecretDropsProviderText(t *testing.T) {
 				t.Errorf("credentials rejected: %v, want %v", gerr.credentialsRejected(), tc.rejected)
 			}
 		})
+	}
+}
+
+// countedServer is a test server that counts its connections: accepted in all, and
+// open now.
+type countedServer struct {
+	*httptest.Server
+	mu       sync.Mutex
+	accepted int
+	open     map[net.Conn]bool
+}
+
+// newCountedServer starts a server with handler, speaking TLS or plain HTTP.
+func newCountedServer(tb testing.TB, useTLS bool, handler http.Handler) *countedServer {
+	tb.Helper()
+	cs := &countedServer{Server: httptest.NewUnstartedServer(handler), open: map[net.Conn]bool{}}
+	cs.Config.ConnState = func(c net.Conn, state http.ConnState) {
+		cs.mu.Lock()
+		defer cs.mu.Unlock()
+		switch state {
+		case http.StateNew:
+			cs.accepted++
+			cs.open[c] = true
+		case http.StateClosed, http.StateHijacked:
+			delete(cs.open, c)
+		}
+	}
+	// The handshake errors a test provokes are expected.
+	cs.Config.ErrorLog = log.New(io.Discard, "", 0)
+	if useTLS {
+		cs.StartTLS()
+	} else {
+		cs.Start()
+	}
+	tb.Cleanup(cs.Close)
+	return cs
+}
+
+func (cs *countedServer) counts() (accepted, open int) {
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	return cs.accepted, len(cs.open)
+}
+
+// waitOpen waits up to 5 s for the server to see want connections open.
+func (cs *countedServer) waitOpen(tb testing.TB, what string, want int) {
+	tb.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		_, open := cs.counts()
+		if open == want {
+			return
+		}
+		if time.Now().After(deadline) {
+			tb.Fatalf("%s: %d provider connections open, want %d", what, open, want)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// httpsURL is the server's address with https:// whatever it speaks.
+func (cs *countedServer) httpsURL() string {
+	return "https://" + cs.Listener.Addr().String() + "/token"
+}
+
+// permanentCase is a provider endpoint that no retry can make work.
+type permanentCase struct {
+	useTLS  bool   // the server speaks TLS
+	dns     bool   // the token URL's host does not resolve (no server is contacted)
+	otherCA bool   // the connection trusts another CA than the server's
+	cause   string // the error after "<grant> grant failed: " ("" for DNS: checked apart)
+	advice  string
+}
+
+// unresolvableURL is under the reserved .invalid TLD: resolving it fails at once, also
+// offline.
+const unresolvableURL = "https://sso.bearer-test.invalid/token"
+
+var permanentCases = map[string]permanentCase{
+	"name does not resolve": {dns: true, advice: "check token_url (host name, https) and ca_cert"},
+	"TLS with a plain-HTTP server": {
+		cause:  "http: server gave HTTP response to HTTPS client",
+		advice: "check token_url (host name, https) and ca_cert",
+	},
+	"unknown certificate authority": {
+		useTLS: true, otherCA: true,
+		cause:  "tls: failed to verify certificate: x509: certificate signed by unknown authority",
+		advice: adviceCertificate,
+	},
+}
+
+// endpoint starts the case's server and returns it with the token URL and CA to use.
+func (pc permanentCase) endpoint(tb testing.TB) (srv *countedServer, tokenURL, caPEM string) {
+	tb.Helper()
+	srv = newCountedServer(tb, pc.useTLS, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		tb.Errorf("the server answered a request: %s %s", r.Method, r.URL)
+	}))
+	tokenURL = srv.httpsURL()
+	switch {
+	case pc.dns:
+		tokenURL = unresolvableURL
+	case pc.otherCA:
+		caPEM = otherCAPEM(tb)
+	case pc.useTLS:
+		caPEM = (&fakeProvider{srv: srv.Server}).caPEM()
+	}
+	return srv, tokenURL, caPEM
+}
+
+// checkCause checks the failure text after the grant's prefix.
+func (pc permanentCase) checkCause(tb testing.TB, what, got, prefix string) {
+	tb.Helper()
+	if pc.dns {
+		// The resolver's address is the machine's.
+		if !strings.HasPrefix(got, prefix+"dial tcp: lookup sso.bearer-test.invalid") || !strings.HasSuffix(got, "no such host") {
+			tb.Errorf("%s: %s", what, got)
+		}
+		return
+	}
+	if got != prefix+pc.cause {
+		tb.Errorf("%s:\n got %s\nwant %s", what, got, prefix+pc.cause)
+	}
+}
+
+func TestClient_PermanentFailuresAreNotRetried(t *testing.T) {
+	for name, pc := range permanentCases {
+		for _, grant := range []string{grantPassword, grantRefresh} {
+			t.Run(name+"/"+grant, func(t *testing.T) {
+				srv, tokenURL, caPEM := pc.endpoint(t)
+				c := &testClient{}
+				c.init(t, tokenURL, caPEM, 10*time.Second)
+				var err error
+				if grant == grantPassword {
+					_, err = c.passwordGrant(context.Background(), nil, maxAttemptRequests)
+				} else {
+					_, err = c.refreshGrant(context.Background(), "rt-not-retried-1234", maxAttemptRequests)
+				}
+				var gerr *grantError
+				if !errors.As(err, &gerr) {
+					t.Fatalf("error %v is not a grant error", err)
+				}
+				if gerr.kind != failPermanent {
+					t.Errorf("kind %d, want failPermanent", gerr.kind)
+				}
+				pc.checkCause(t, "error", err.Error(), grant+" grant failed: ")
+				if gerr.advice() != pc.advice {
+					t.Errorf("advice = %q, want %q", gerr.advice(), pc.advice)
+				}
+				if len(c.pauses) != 0 {
+					t.Errorf("retried after pauses %v", c.pauses)
+				}
+				wantConns := 1
+				if pc.dns {
+					wantConns = 0
+				}
+				if accepted, _ := srv.counts(); accepted != wantConns {
+					t.Errorf("the server accepted %d connections, want %d", accepted, wantConns)
+				}
+			})
+		}
+	}
+}
+
+func TestPermanentNetError(t *testing.T) {
+	// The DNS case as the resolver reports it, and the temporary failures that are not
+	// permanent: a server that is down, a resolver that is.
+	cases := map[string]struct {
+		err  error
+		want bool
+	}{
+		"no such host":         {&url.Error{Op: "Post", Err: &net.OpError{Op: "dial", Err: &net.DNSError{Err: "no such host", Name: "x.invalid", IsNotFound: true}}}, true},
+		"resolver timed out":   {&url.Error{Op: "Post", Err: &net.OpError{Op: "dial", Err: &net.DNSError{Err: "i/o timeout", Name: "x.example", IsTimeout: true}}}, false},
+		"resolver failing":     {&url.Error{Op: "Post", Err: &net.OpError{Op: "dial", Err: &net.DNSError{Err: "server misbehaving", Name: "x.example", IsTemporary: true}}}, false},
+		"refused":              {&url.Error{Op: "Post", Err: &net.OpError{Op: "dial", Err: syscall.ECONNREFUSED}}, false},
+		"plain HTTP answer":    {&url.Error{Op: "Post", Err: http.ErrSchemeMismatch}, true},
+		"neither TLS nor HTTP": {&url.Error{Op: "Post", Err: tls.RecordHeaderError{Msg: "first record does not look like a TLS handshake"}}, true},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			if got := permanentNetError(tc.err); got != tc.want {
+				t.Errorf("permanentNetError = %v, want %v", got, tc.want)
+			}
+		})
+	}
+	// And the real lookup of a reserved name.
+	_, err := net.DefaultResolver.LookupHost(context.Background(), "sso.bearer-test.invalid")
+	if !permanentNetError(err) {
+		t.Errorf("looking up a .invalid name: %v is not permanent", err)
 	}
 }

@@ -302,3 +302,41 @@ func TestConfig_EndpointErrorsDoNotQuoteTheQuery(t *testing.T) {
 		})
 	}
 }
+
+func TestConfig_PermanentFailuresFailAtOnce(t *testing.T) {
+	// A verify login, and then a read, against an endpoint no retry can make work: one
+	// attempt (no connection at all when the name does not resolve), no pause.
+	for name, pc := range permanentCases {
+		t.Run(name, func(t *testing.T) {
+			env := getTestBackend(t)
+			pauses := env.recordPauses()
+			srv, tokenURL, caPEM := pc.endpoint(t)
+			data := map[string]any{"token_url": tokenURL, "username": testUsername, "password": testPassword}
+			if caPEM != "" {
+				data["ca_cert"] = caPEM
+			}
+			perAttempt := 1
+			if pc.dns {
+				perAttempt = 0
+			}
+
+			msg := env.mustFail(t, logical.UpdateOperation, "config/conn", data)
+			const verifyPrefix = `connection "conn" not saved: verification login as "alice@example.com" failed: password grant failed: `
+			const verifySuffix = "; check the credentials and endpoint, or write with verify=false to save anyway"
+			pc.checkCause(t, "verify failure", strings.TrimSuffix(msg, verifySuffix), verifyPrefix)
+			if accepted, _ := srv.counts(); accepted != perAttempt || pauses.len() != 0 {
+				t.Errorf("verify login: %d connections and %d pauses, want %d and none", accepted, pauses.len(), perAttempt)
+			}
+
+			data["verify"] = false
+			env.mustOK(t, logical.UpdateOperation, "config/conn", data)
+			env.mustOK(t, logical.UpdateOperation, "roles/app", map[string]any{"config": "conn"})
+			msg = env.mustFail(t, logical.ReadOperation, "creds/app", nil)
+			prefix := `could not get a token from connection "conn" (` + tokenURL + `): password grant failed: `
+			pc.checkCause(t, "creds error", strings.TrimSuffix(msg, "; "+pc.advice), prefix)
+			if accepted, _ := srv.counts(); accepted != 2*perAttempt || pauses.len() != 0 {
+				t.Errorf("creds read: %d connections and %d pauses in all, want %d and none", accepted, pauses.len(), 2*perAttempt)
+			}
+		})
+	}
+}
