@@ -1,11 +1,13 @@
 package bearer
 
 import (
+	"context"
 	"maps"
 	"net/http"
 	"net/url"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/hashicorp/vault/sdk/logical"
 )
@@ -339,4 +341,75 @@ func TestConfig_PermanentFailuresFailAtOnce(t *testing.T) {
 			}
 		})
 	}
+}
+
+// newCountedProvider is a fake provider on a server that counts its connections.
+func newCountedProvider(tb testing.TB, style string, clock *testClock) (*fakeProvider, *countedServer) {
+	tb.Helper()
+	p := &fakeProvider{clock: clock, style: style, password: testPassword, live: map[string]bool{}, accessTTL: 1199 * time.Second}
+	srv := newCountedServer(tb, true, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { p.serve(w, r) }))
+	p.srv = srv.Server
+	return p, srv
+}
+
+func TestConfig_ProviderConnectionsAreClosed(t *testing.T) {
+	// A client the engine drops (its connection changed, was invalidated, or the
+	// backend is cleaned up) closes its idle provider connections, and so does the
+	// verify login's own client: none stays open behind the engine's back.
+	env := getTestBackend(t)
+	p, srv := newCountedProvider(t, "mindbaz", env.clock)
+	env.setup(t, p, nil, nil)
+	srv.waitOpen(t, "after the verify login", 0)
+	env.readCreds(t, "app") // takes the verify login's session
+	renew := func(what string) {
+		t.Helper()
+		env.mustOK(t, logical.UpdateOperation, "creds/app", nil)
+		srv.waitOpen(t, what, 1) // kept in the pool for the next request
+	}
+	renew("after a renewal")
+	renew("after another renewal")
+	if accepted, _ := srv.counts(); accepted != 2 {
+		t.Errorf("%d connections accepted, want 2 (the verify login's, then one reused)", accepted)
+	}
+
+	env.mustOK(t, logical.UpdateOperation, "config/conn", map[string]any{"request_timeout": "20s", "verify": false})
+	srv.waitOpen(t, "after a config write", 0)
+	renew("after a renewal with the new client")
+
+	env.mustOK(t, logical.UpdateOperation, "config/conn", map[string]any{"request_timeout": "30s"})
+	srv.waitOpen(t, "after a verified config write", 0)
+	renew("after a renewal with the verified client")
+
+	env.b.invalidate(context.Background(), configPrefix+"conn")
+	srv.waitOpen(t, "after an invalidation", 0)
+	renew("after a renewal with the reloaded client")
+
+	env.b.Cleanup(context.Background())
+	srv.waitOpen(t, "after Cleanup", 0)
+}
+
+func TestConfig_ConnectionBusyWhenItsClientIsDroppedIsClosed(t *testing.T) {
+	// A renewal in flight when its connection changes: the old client is dropped while
+	// its connection is busy; when the answer comes, that connection is closed rather
+	// than kept idle in a pool nobody uses.
+	env := getTestBackend(t)
+	p, srv := newCountedProvider(t, "mindbaz", env.clock)
+	env.setup(t, p, nil, nil)
+	env.readCreds(t, "app")
+	received, release := holdRefresh(p)
+	done := make(chan string)
+	go func() {
+		resp, err := env.request(t, logical.UpdateOperation, "creds/app", nil)
+		done <- errorText(resp, err)
+	}()
+	<-received
+	env.mustOK(t, logical.UpdateOperation, "config/conn", map[string]any{"request_timeout": "20s", "verify": false})
+	release()
+	if msg := <-done; msg != "" {
+		t.Fatalf("renewal: %s", msg)
+	}
+	srv.waitOpen(t, "after the renewal with the dropped client", 0)
+	env.mustOK(t, logical.UpdateOperation, "creds/app", nil)
+	env.b.Cleanup(context.Background())
+	srv.waitOpen(t, "after Cleanup", 0)
 }
