@@ -413,3 +413,113 @@ func TestConfig_ConnectionBusyWhenItsClientIsDroppedIsClosed(t *testing.T) {
 	env.b.Cleanup(context.Background())
 	srv.waitOpen(t, "after Cleanup", 0)
 }
+
+// requestsSince returns the requests the provider received after the first n.
+func (p *fakeProvider) requestsSince(n int) []providerRequest {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return append([]providerRequest(nil), p.requests[n:]...)
+}
+
+func (p *fakeProvider) requestCount() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.requests)
+}
+
+func TestConfig_AccountChangeRevokesAtTheOldProviderOnly(t *testing.T) {
+	// When a write changes the connection's account, the role's session is of no use:
+	// its refresh token is revoked at the provider that issued it, never sent to the
+	// new one, and the next read logs in as the new account.
+	cases := map[string]struct {
+		change func(a, b *fakeProvider) map[string]any
+		// next is the provider the next read logs in at, as user.
+		next string
+		user string
+		// spare: the change comes before any read, while the verify login's session
+		// waits for the role's first read.
+		spare bool
+	}{
+		"issuer moved to another provider": {
+			change: func(_, b *fakeProvider) map[string]any {
+				return map[string]any{"issuer": b.srv.URL + apiaxRealm, "ca_cert": b.caPEM()}
+			},
+			next: "b", user: testUsername,
+		},
+		"token_url and revocation_url moved to another provider": {
+			change: func(_, b *fakeProvider) map[string]any {
+				return map[string]any{"token_url": b.tokenURL(), "revocation_url": b.srv.URL + apiaxRevoke}
+			},
+			next: "b", user: testUsername,
+		},
+		"moved before the first read: the verify login's session": {
+			change: func(_, b *fakeProvider) map[string]any {
+				return map[string]any{"issuer": b.srv.URL + apiaxRealm}
+			},
+			next: "b", user: testUsername, spare: true,
+		},
+		"username changed": {
+			change: func(*fakeProvider, *fakeProvider) map[string]any { return map[string]any{"username": "bob"} },
+			next:   "a", user: "bob",
+		},
+		"client_id changed": {
+			change: func(*fakeProvider, *fakeProvider) map[string]any {
+				return map[string]any{"client_id": "another-client"}
+			},
+			next: "a", user: testUsername,
+		},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			env := getTestBackend(t)
+			a := newFakeProvider(t, "apiax", env.clock)
+			b := newFakeProvider(t, "apiax", env.clock)
+			b.mu.Lock()
+			b.issued = 100 // B's tokens differ from A's
+			b.mu.Unlock()
+			env.setup(t, a, nil, nil)
+			env.readCreds(t, "app")                                  // the verify login's session
+			env.mustOK(t, logical.UpdateOperation, "creds/app", nil) // rotated once at A
+			roleRT := env.storedSession(t, "app").Tokens.RefreshToken
+			if roleRT != a.newest() {
+				t.Fatalf("the role holds %q, A issued %q last", roleRT, a.newest())
+			}
+			seenA := a.requestCount()
+
+			change := tc.change(a, b)
+			change["verify"] = false
+			env.mustOK(t, logical.UpdateOperation, "config/conn", change)
+			env.b.bg.wait()
+
+			after := a.requestsSince(seenA)
+			if len(after) != 1 || after[0].path != apiaxRevoke || after[0].form.Get("token") != roleRT ||
+				after[0].form.Get("token_type_hint") != "refresh_token" {
+				t.Fatalf("A received after the change %+v, want one revocation of %q", after, roleRT)
+			}
+
+			resp, err := env.request(t, logical.ReadOperation, "creds/app", nil)
+			next := map[string]*fakeProvider{"a": a, "b": b}[tc.next]
+			login := next.lastRequest(t)
+			if login.grant != grantPassword || login.form.Get("username") != tc.user {
+				t.Errorf("the next read sent %s as %q to %s, want a password login as %q", login.grant, login.form.Get("username"), tc.next, tc.user)
+			}
+			if tc.next == "b" {
+				if msg := errorText(resp, err); msg != "" || resp.Data["access_token"] != "at-apiax-101" {
+					t.Errorf("the next read: %s %v, want B's token", msg, resp.Data["access_token"])
+				}
+			}
+			for _, r := range append(a.requestsSince(seenA+1), b.requestsSince(0)...) {
+				if r.grant == grantRefresh {
+					t.Errorf("a refresh grant was sent after the account changed: %v", r.form)
+				}
+			}
+			for _, r := range b.requestsSince(0) {
+				for field, values := range r.form {
+					for _, v := range values {
+						assertNoSecrets(t, "B's request field "+field, v, a.refreshTokens()...)
+					}
+				}
+			}
+		})
+	}
+}
