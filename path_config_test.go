@@ -2,10 +2,12 @@ package bearer
 
 import (
 	"context"
+	"fmt"
 	"maps"
 	"net/http"
 	"net/url"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -522,4 +524,134 @@ func TestConfig_AccountChangeRevokesAtTheOldProviderOnly(t *testing.T) {
 			}
 		})
 	}
+}
+
+func TestConfig_MaxConcurrentRequests(t *testing.T) {
+	env := getTestBackend(t)
+	base := map[string]any{"token_url": "https://sso.example.com/token", "username": testUsername, "password": testPassword, "verify": false}
+	read := func() any {
+		t.Helper()
+		return env.mustOK(t, logical.ReadOperation, "config/c", nil).Data["max_concurrent_requests"]
+	}
+	env.mustOK(t, logical.UpdateOperation, "config/c", base)
+	if got := read(); got != 4 {
+		t.Errorf("default max_concurrent_requests = %#v, want 4", got)
+	}
+	for _, v := range []any{0, 65, -1, "many"} {
+		msg := env.mustFail(t, logical.UpdateOperation, "config/c", map[string]any{"max_concurrent_requests": v, "verify": false})
+		if v == "many" {
+			if !strings.Contains(msg, "max_concurrent_requests") {
+				t.Errorf("max_concurrent_requests=%v: %s", v, msg)
+			}
+			continue
+		}
+		if want := `connection "c": max_concurrent_requests must be between 1 and 64`; msg != want {
+			t.Errorf("max_concurrent_requests=%v:\n got %s\nwant %s", v, msg, want)
+		}
+	}
+	if got := read(); got != 4 {
+		t.Errorf("after refused writes max_concurrent_requests = %#v, want 4", got)
+	}
+	for _, v := range []int{1, 64, 8} {
+		env.mustOK(t, logical.UpdateOperation, "config/c", map[string]any{"max_concurrent_requests": v, "verify": false})
+		if got := read(); got != v {
+			t.Errorf("max_concurrent_requests = %#v, want %d", got, v)
+		}
+	}
+	env.mustOK(t, logical.UpdateOperation, "config/c", map[string]any{"username": "bob", "request_timeout": "20s", "verify": false})
+	if got := read(); got != 8 {
+		t.Errorf("after a partial update max_concurrent_requests = %#v, want 8 kept", got)
+	}
+}
+
+func TestConfig_MaxConcurrentRequestsOfAv010Connection(t *testing.T) {
+	// v0.1.0 stored connections without the field: they read as 4, and a partial update
+	// keeps 4.
+	env := getTestBackend(t)
+	v010 := `{"provider":"generic","token_url":"https://sso.example.com/token","client_auth":"body",` +
+		`"username":"alice@example.com","password":"` + testPassword + `","request_timeout":10000000000,` +
+		`"credentials_version":1,"account_version":1}`
+	if err := env.storage.Put(context.Background(), &logical.StorageEntry{Key: configPrefix + "c", Value: []byte(v010)}); err != nil {
+		t.Fatal(err)
+	}
+	if got := env.mustOK(t, logical.ReadOperation, "config/c", nil).Data["max_concurrent_requests"]; got != 4 {
+		t.Errorf("max_concurrent_requests = %#v, want 4", got)
+	}
+	env.mustOK(t, logical.UpdateOperation, "config/c", map[string]any{"request_timeout": "20s", "verify": false})
+	env.b.invalidate(context.Background(), configPrefix+"c") // read it back from storage
+	data := env.mustOK(t, logical.ReadOperation, "config/c", nil).Data
+	if data["max_concurrent_requests"] != 4 || data["request_timeout"] != int64(20) {
+		t.Errorf("after a partial update: max_concurrent_requests %#v, request_timeout %#v", data["max_concurrent_requests"], data["request_timeout"])
+	}
+}
+
+func TestConfig_MaxConcurrentRequestsBoundsTheProvider(t *testing.T) {
+	// Roles of one connection that all need a login at once: no more than
+	// max_concurrent_requests token requests are at the provider together, and a
+	// partial update that changes the bound applies to the next requests.
+	env := getTestBackend(t)
+	p := newFakeProvider(t, "mindbaz", env.clock)
+	var mu sync.Mutex
+	var inFlight, most int
+	arrived := make(chan struct{}, 64)
+	var release chan struct{}
+	p.setHook(func(http.ResponseWriter, *http.Request, url.Values) bool {
+		mu.Lock()
+		inFlight++
+		most = max(most, inFlight)
+		wait := release
+		mu.Unlock()
+		arrived <- struct{}{}
+		<-wait
+		mu.Lock()
+		inFlight--
+		mu.Unlock()
+		return false // the provider answers
+	})
+	const roles = 6
+	round := func(limit int) {
+		t.Helper()
+		mu.Lock()
+		release, most = make(chan struct{}), 0
+		mu.Unlock()
+		env.mustOK(t, logical.UpdateOperation, "config/conn", map[string]any{"max_concurrent_requests": limit, "verify": false})
+		var wg sync.WaitGroup
+		errs := make(chan string, roles)
+		for i := range roles {
+			wg.Go(func() {
+				resp, err := env.request(t, logical.UpdateOperation, fmt.Sprintf("creds/r%d", i), nil)
+				errs <- errorText(resp, err)
+			})
+		}
+		for range limit {
+			<-arrived
+		}
+		// Time for requests beyond the bound to arrive, if it did not hold.
+		time.Sleep(200 * time.Millisecond)
+		close(release)
+		wg.Wait()
+		close(errs)
+		for msg := range errs {
+			if msg != "" {
+				t.Errorf("read: %s", msg)
+			}
+		}
+		for len(arrived) > 0 {
+			<-arrived
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		if most != limit {
+			t.Errorf("max_concurrent_requests=%d: %d token requests at the provider at once", limit, most)
+		}
+	}
+	release = make(chan struct{})
+	close(release)
+	env.setup(t, p, nil, nil)
+	for i := range roles {
+		env.mustOK(t, logical.UpdateOperation, fmt.Sprintf("roles/r%d", i), map[string]any{"config": "conn"})
+	}
+	<-arrived // the verify login
+	round(2)
+	round(3)
 }
