@@ -90,16 +90,15 @@ func plain(c rune) bool {
 	return c < utf8.RuneSelf && (unicode.IsLetter(c) || unicode.IsDigit(c) || c == '-' || c == '.' || c == '_')
 }
 
-// charPattern matches c as itself or as any escape of it.
+// charPattern matches c as any escape of it or as itself. The escapes come first: where
+// both match (& and &amp;), the longer is taken out.
 func charPattern(c rune) string {
-	literal := regexp.QuoteMeta(string(c))
-	alts := []string{literal}
 	// URL and form encoding: %XX per UTF-8 byte; a space as +.
 	var pct strings.Builder
 	for _, b := range []byte(string(c)) {
 		pct.WriteString("%" + hexPattern(uint64(b), 2))
 	}
-	alts = append(alts, pct.String())
+	alts := []string{pct.String()}
 	if c == ' ' {
 		alts = append(alts, `\+`)
 	}
@@ -117,6 +116,7 @@ func charPattern(c rune) string {
 	if name, ok := htmlEntities[c]; ok {
 		alts = append(alts, name)
 	}
+	alts = append(alts, regexp.QuoteMeta(string(c)))
 	return "(?:" + strings.Join(alts, "|") + ")"
 }
 

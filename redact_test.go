@@ -52,6 +52,11 @@ func TestRedactor(t *testing.T) {
 			text:    `p&amp;ss+%3Cw\u003erd \"q\"\/+ x`,
 			want:    "[redacted]",
 		},
+		"the whole escape is taken out, not its first character": {
+			secrets: []string{"pass&"},
+			text:    "pass&amp; pass%26 pass\\u0026 pass&#38;",
+			want:    "[redacted] [redacted] [redacted] [redacted]",
+		},
 		"overlapping secrets leave no part of either": {
 			secrets: []string{"abcd1234", "1234wxyz"},
 			text:    "<abcd1234wxyz>",
