@@ -1,6 +1,7 @@
 package bearer
 
 import (
+	"container/heap"
 	"context"
 	"errors"
 	"fmt"
@@ -45,10 +46,29 @@ type background struct {
 	timerAt time.Time
 }
 
-// connQueue is one connection's background work.
+// connQueue is one connection's background work, earliest deadline first: when it
+// backs up, the tokens reads are about to stop accepting go first.
 type connQueue struct {
-	names   []string
+	items   deadlineQueue
 	workers int
+}
+
+type queued struct {
+	name     string
+	deadline time.Time
+}
+
+type deadlineQueue []queued
+
+func (q deadlineQueue) Len() int           { return len(q) }
+func (q deadlineQueue) Less(i, j int) bool { return q[i].deadline.Before(q[j].deadline) }
+func (q deadlineQueue) Swap(i, j int)      { q[i], q[j] = q[j], q[i] }
+func (q *deadlineQueue) Push(x any)        { *q = append(*q, x.(queued)) }
+func (q *deadlineQueue) Pop() any {
+	old := *q
+	item := old[len(old)-1]
+	*q = old[:len(old)-1]
+	return item
 }
 
 func newBackground(b *backend) *background {
@@ -128,6 +148,7 @@ func (bg *background) dispatch() {
 // connection has fewer than max_concurrent_requests.
 func (bg *background) enqueue(name string) {
 	conn, limit := bg.b.backgroundTarget(bg.ctx, name)
+	deadline := bg.b.deadline(name)
 	bg.mu.Lock()
 	defer bg.mu.Unlock()
 	if bg.stopped || bg.queued[name] {
@@ -139,7 +160,7 @@ func (bg *background) enqueue(name string) {
 		q = &connQueue{}
 		bg.queues[conn] = q
 	}
-	q.names = append(q.names, name)
+	heap.Push(&q.items, queued{name: name, deadline: deadline})
 	if q.workers < limit {
 		q.workers++
 		bg.busy++
@@ -152,16 +173,15 @@ func (bg *background) work(conn string, q *connQueue) {
 	defer bg.done()
 	for {
 		bg.mu.Lock()
-		if len(q.names) == 0 || bg.stopped {
+		if len(q.items) == 0 || bg.stopped {
 			q.workers--
-			if q.workers == 0 && len(q.names) == 0 && bg.queues[conn] == q {
+			if q.workers == 0 && len(q.items) == 0 && bg.queues[conn] == q {
 				delete(bg.queues, conn)
 			}
 			bg.mu.Unlock()
 			return
 		}
-		name := q.names[0]
-		q.names = q.names[1:]
+		name := heap.Pop(&q.items).(queued).name
 		bg.mu.Unlock()
 
 		select {
@@ -284,6 +304,27 @@ func (b *backend) backgroundTarget(ctx context.Context, name string) (string, in
 		limit = max(entry.MaxConcurrentRequests, 1)
 	}
 	return conn, limit
+}
+
+// deadline is when a role's renewal must be done: when reads stop accepting its token,
+// or its refresh token expires; the time it is due when neither is known.
+func (b *backend) deadline(name string) time.Time {
+	v := b.roleState(name).view.Load()
+	t := v.tokens()
+	if t == nil {
+		return b.now()
+	}
+	d := t.readableUntil(v.role.MinTTL)
+	if !v.served.Load() || t.AccessToken == "" {
+		d = time.Time{}
+	}
+	if !t.RefreshExpiresAt.IsZero() && (d.IsZero() || t.RefreshExpiresAt.Before(d)) {
+		d = t.RefreshExpiresAt
+	}
+	if d.IsZero() {
+		return b.now()
+	}
+	return d
 }
 
 // renewInBackground renews one role's session if it is due.

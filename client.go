@@ -168,6 +168,18 @@ func newHTTPClient(conn *connEntry) (*http.Client, error) {
 // passwordGrant logs in with the connection's username and password, sending at most
 // requests requests (retrying transient failures).
 func (c *tokenClient) passwordGrant(ctx context.Context, scopes []string, requests int) (*tokenResponse, error) {
+	return c.passwordGrantGuarded(ctx, scopes, requests, nil)
+}
+
+// requestGuard is asked about each request while its request slot is held: before, right
+// before it is sent (an error stops it unsent), and after, with its outcome.
+type requestGuard struct {
+	before func() error
+	after  func(err error)
+}
+
+// passwordGrantGuarded is passwordGrant with a guard.
+func (c *tokenClient) passwordGrantGuarded(ctx context.Context, scopes []string, requests int, guard *requestGuard) (*tokenResponse, error) {
 	form := url.Values{}
 	for k, v := range c.conn.PasswordParams {
 		form.Set(k, v)
@@ -178,7 +190,7 @@ func (c *tokenClient) passwordGrant(ctx context.Context, scopes []string, reques
 	if len(scopes) > 0 {
 		form.Set("scope", strings.Join(scopes, " "))
 	}
-	return c.do(ctx, grantPassword, form, requests)
+	return c.do(ctx, grantPassword, form, requests, guard)
 }
 
 // refreshGrant trades a refresh token for new tokens, sending at most requests requests.
@@ -189,7 +201,7 @@ func (c *tokenClient) refreshGrant(ctx context.Context, refreshToken string, req
 	}
 	form.Set("grant_type", grantRefresh)
 	form.Set("refresh_token", refreshToken)
-	return c.do(ctx, grantRefresh, form, requests)
+	return c.do(ctx, grantRefresh, form, requests, nil)
 }
 
 // revoke asks the revocation endpoint (RFC 7009) to end a refresh token's session.
@@ -261,14 +273,14 @@ func (c *tokenClient) acquire(ctx context.Context) (func(), error) {
 
 // do sends one grant, retrying transient failures with jittered backoff inside the
 // connection's request_timeout, up to requests requests in all.
-func (c *tokenClient) do(ctx context.Context, grant string, form url.Values, requests int) (*tokenResponse, error) {
+func (c *tokenClient) do(ctx context.Context, grant string, form url.Values, requests int, guard *requestGuard) (*tokenResponse, error) {
 	ctx, cancel := context.WithTimeout(ctx, c.conn.RequestTimeout)
 	defer cancel()
 	delay := firstRetryDelay
 	var waited time.Duration
 	for sent := 1; ; sent++ {
 		started := c.now()
-		tok, err := c.timed(ctx, grant, form, started)
+		tok, err := c.timed(ctx, grant, form, started, guard)
 		var gerr *grantError
 		if err == nil || !errors.As(err, &gerr) || gerr.kind != failTransient || sent >= requests {
 			return tok, err
@@ -292,14 +304,22 @@ func (c *tokenClient) do(ctx context.Context, grant string, form url.Values, req
 }
 
 // timed sends one request holding a slot and reports its outcome.
-func (c *tokenClient) timed(ctx context.Context, grant string, form url.Values, started time.Time) (*tokenResponse, error) {
+func (c *tokenClient) timed(ctx context.Context, grant string, form url.Values, started time.Time, guard *requestGuard) (*tokenResponse, error) {
 	release, err := c.acquire(ctx)
 	if err != nil {
 		return nil, &grantError{kind: failTransient, grant: grant, detail: "no request slot free within request_timeout (max_concurrent_requests)"}
 	}
+	defer release()
+	if guard != nil && guard.before != nil {
+		if err := guard.before(); err != nil {
+			return nil, err
+		}
+	}
 	begin := time.Now()
 	tok, err := c.once(ctx, grant, form, started)
-	release()
+	if guard != nil && guard.after != nil {
+		guard.after(err)
+	}
 	if c.observe != nil {
 		c.observe(grant, err, time.Since(begin))
 	}

@@ -219,7 +219,7 @@ func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *
 	if err != nil {
 		return nil, err
 	}
-	entry, err := mergeConnection(old, d)
+	entry, warnings, err := mergeConnection(old, d)
 	if err != nil {
 		return logical.ErrorResponse("connection %q: %s", name, err), nil
 	}
@@ -230,6 +230,9 @@ func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *
 	}
 
 	resp := &logical.Response{}
+	for _, w := range warnings {
+		resp.AddWarning(w)
+	}
 	var verified *tokenResponse
 	switch rej := account.Rejection; {
 	case !d.Get("verify").(bool):
@@ -270,6 +273,17 @@ func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *
 		return nil, nil
 	}
 	return resp, nil
+}
+
+// trimLineEnd drops one trailing "\n" or "\r\n".
+func trimLineEnd(s string) (string, bool) {
+	if t, ok := strings.CutSuffix(s, "\r\n"); ok {
+		return t, true
+	}
+	if t, ok := strings.CutSuffix(s, "\n"); ok {
+		return t, true
+	}
+	return s, false
 }
 
 // credentialFields names what must change to lift a rejection.
@@ -382,8 +396,10 @@ func (b *backend) endSessionsOf(s logical.Storage, old *connEntry) {
 	})
 }
 
-// mergeConnection applies a partial update to old (nil on create) and validates the result.
-func mergeConnection(old *connEntry, d *framework.FieldData) (*connEntry, error) {
+// mergeConnection applies a partial update to old (nil on create) and validates the
+// result; the warnings say what it changed of what was written.
+func mergeConnection(old *connEntry, d *framework.FieldData) (*connEntry, []string, error) {
+	var warnings []string
 	entry := &connEntry{Provider: providerGeneric, ClientAuth: clientAuthBody, RequestTimeout: defaultRequestTimeout, MaxConcurrentRequests: defaultMaxConcurrentRequests}
 	if old != nil {
 		copied := *old
@@ -397,7 +413,7 @@ func mergeConnection(old *connEntry, d *framework.FieldData) (*connEntry, error)
 	}
 	p, ok := presets[entry.Provider]
 	if !ok {
-		return nil, fmt.Errorf("unknown provider %q: use generic, mindbaz, keycloak or apiax", entry.Provider)
+		return nil, nil, fmt.Errorf("unknown provider %q: use generic, mindbaz, keycloak or apiax", entry.Provider)
 	}
 	if providerChanged {
 		// Fields the preset fills take the preset's values; the request's own fields
@@ -431,12 +447,19 @@ func mergeConnection(old *connEntry, d *framework.FieldData) (*connEntry, error)
 	strField("client_auth", &entry.ClientAuth)
 	strField("username", &entry.Username)
 	strField("ca_cert", &entry.CACert)
-	if v, ok := d.GetOk("password"); ok {
-		entry.Password = v.(string)
+	// A secret written with field=- from echo or a typed line ends in a newline that is
+	// not part of it.
+	secretField := func(field string, dst *string) {
+		if v, ok := d.GetOk(field); ok {
+			s, trimmed := trimLineEnd(v.(string))
+			*dst = s
+			if trimmed {
+				warnings = append(warnings, fmt.Sprintf("%s ended with a line break, which was dropped (a value read from stdin with %s=- often does); write it with printf '%%s' if the line break is part of it", field, field))
+			}
+		}
 	}
-	if v, ok := d.GetOk("client_secret"); ok {
-		entry.ClientSecret = v.(string)
-	}
+	secretField("password", &entry.Password)
+	secretField("client_secret", &entry.ClientSecret)
 	if v, ok := d.GetOk("password_params"); ok {
 		entry.PasswordParams = v.(map[string]string)
 	}
@@ -454,7 +477,7 @@ func mergeConnection(old *connEntry, d *framework.FieldData) (*connEntry, error)
 	}
 
 	if err := validateConnection(entry); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if old == nil || old.Password != entry.Password || old.ClientSecret != entry.ClientSecret || old.ClientAuth != entry.ClientAuth {
 		entry.CredentialsVersion++
@@ -464,7 +487,7 @@ func mergeConnection(old *connEntry, d *framework.FieldData) (*connEntry, error)
 		entry.CredentialsVersion++
 	}
 	entry.Revision++
-	return entry, nil
+	return entry, warnings, nil
 }
 
 func validateConnection(entry *connEntry) error {

@@ -655,3 +655,44 @@ func TestConfig_MaxConcurrentRequestsBoundsTheProvider(t *testing.T) {
 	round(2)
 	round(3)
 }
+
+// TestConfig_SecretLineEnd: a password or client secret written with field=- from echo
+// or a typed line loses its one trailing line break, and the write says so.
+func TestConfig_SecretLineEnd(t *testing.T) {
+	for name, tc := range map[string]struct {
+		field, written, stored string
+		warned                 bool
+	}{
+		"password with \\n":         {field: "password", written: testPassword + "\n", stored: testPassword, warned: true},
+		"password with \\r\\n":      {field: "password", written: testPassword + "\r\n", stored: testPassword, warned: true},
+		"only one line break":       {field: "password", written: testPassword + "\n\n", stored: testPassword + "\n", warned: true},
+		"client secret with \\n":    {field: "client_secret", written: testSecret + "\n", stored: testSecret, warned: true},
+		"a password without one":    {field: "password", written: testPassword, stored: testPassword},
+		"a line break inside stays": {field: "password", written: "pa\nss-word", stored: "pa\nss-word"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			env := getTestBackend(t)
+			p := newFakeProvider(t, "mindbaz", env.clock)
+			data := p.connData()
+			data["verify"] = false
+			data[tc.field] = tc.written
+			resp := env.mustOK(t, logical.UpdateOperation, "config/conn", data)
+			_, entry, _ := env.b.connection(context.Background(), env.storage, "conn")
+			got := map[string]string{"password": entry.Password, "client_secret": entry.ClientSecret}[tc.field]
+			if got != tc.stored {
+				t.Errorf("stored %s = %q, want %q", tc.field, got, tc.stored)
+			}
+			warned := resp != nil && len(resp.Warnings) == 1 && strings.Contains(resp.Warnings[0], tc.field+" ended with a line break, which was dropped")
+			if warned != tc.warned {
+				t.Errorf("warnings %v, want one: %v", resp, tc.warned)
+			}
+			assertNoSecrets(t, "response", respText(resp), testPassword, testSecret)
+		})
+	}
+	// The verify login uses the password without it.
+	env := getTestBackend(t)
+	p := newFakeProvider(t, "mindbaz", env.clock)
+	data := p.connData()
+	data["password"] = testPassword + "\n"
+	env.mustOK(t, logical.UpdateOperation, "config/conn", data)
+}

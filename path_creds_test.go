@@ -1,7 +1,9 @@
 package bearer
 
 import (
+	"context"
 	"encoding/base64"
+	"encoding/json"
 	"net/http"
 	"net/url"
 	"strings"
@@ -9,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/logical"
 )
 
@@ -162,9 +165,14 @@ func TestCreds_MinTTLCap(t *testing.T) {
 	p := newFakeProvider(t, "mindbaz", env.clock)
 	p.accessTTL = 20 * time.Second
 	env.setup(t, p, nil, nil) // min_ttl 60s > lifetime: capped at 10s
-	first := env.readCreds(t, "app").Data
+	firstResp := env.readCreds(t, "app")
+	first := firstResp.Data
 	if first["ttl"] != int64(10) || first["rotation_period"] != int64(20) {
 		t.Errorf("ttl=%v rotation_period=%v, want 10 and 20", first["ttl"], first["rotation_period"])
+	}
+	capped := "min_ttl 1m0s is more than half of this connection's token lifetime (20s): tokens are served with at least 10s left, and renewed at that point"
+	if strings.Join(firstResp.Warnings, "\n") != capped {
+		t.Errorf("warnings %v, want %q", firstResp.Warnings, capped)
 	}
 	env.clock.Add(10 * time.Second)
 	if env.readCreds(t, "app").Data["access_token"] != first["access_token"] {
@@ -173,6 +181,20 @@ func TestCreds_MinTTLCap(t *testing.T) {
 	env.clock.Add(time.Second)
 	if env.readCreds(t, "app").Data["access_token"] == first["access_token"] {
 		t.Error("token with under half its life left was not renewed")
+	}
+	// A role write whose min_ttl exceeds what the tokens last, once that is known, warns.
+	resp := env.mustOK(t, logical.UpdateOperation, "roles/app", map[string]any{"min_ttl": "15s"})
+	if resp == nil || len(resp.Warnings) != 1 || !strings.HasPrefix(resp.Warnings[0], "min_ttl 15s is more than half of this connection's token lifetime (20s)") {
+		t.Errorf("role write: %#v", resp)
+	}
+	if resp := env.mustOK(t, logical.UpdateOperation, "roles/app", map[string]any{"min_ttl": "10s"}); resp != nil && len(resp.Warnings) != 0 {
+		t.Errorf("a role write within half the lifetime warns: %v", resp.Warnings)
+	}
+	if resp := env.readCreds(t, "app"); len(resp.Warnings) != 0 {
+		t.Errorf("a read within half the lifetime warns: %v", resp.Warnings)
+	}
+	if resp := env.mustOK(t, logical.ReadOperation, "creds/app", map[string]any{"min_ttl": "30s"}); len(resp.Warnings) != 1 || !strings.HasPrefix(resp.Warnings[0], "min_ttl 30s is more than half") {
+		t.Errorf("a read asking for more than half: %v", resp.Warnings)
 	}
 }
 
@@ -347,5 +369,47 @@ func TestCreds_NoSecretsInResponsesOrLogs(t *testing.T) {
 			}
 			assertNoSecrets(t, "trace logs", logs, secrets...)
 		})
+	}
+}
+
+// TestCreds_OpenAPIInline: the OpenAPI document describes the creds response fields
+// inline (Vault drops the $refs of an external plugin's document), and creds delete
+// takes no min_ttl.
+func TestCreds_OpenAPIInline(t *testing.T) {
+	env := getTestBackend(t)
+	env.sys.PluginEnvironment = &logical.PluginEnvironment{VaultVersion: "1.21.0"}
+	resp, err := env.b.HandleRequest(context.Background(), &logical.Request{Operation: logical.HelpOperation, Path: "", Storage: env.storage})
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc, ok := resp.Data["openapi"].(*framework.OASDocument)
+	if !ok {
+		t.Fatalf("no OpenAPI document: %#v", resp.Data)
+	}
+	raw, _ := json.Marshal(doc.Paths)
+	if strings.Contains(string(raw), "$ref") {
+		t.Errorf("the paths still refer to components: %s", raw)
+	}
+	creds := doc.Paths["/creds/{name}"]
+	if creds == nil || creds.Get == nil {
+		t.Fatalf("no creds path: %v", doc.Paths)
+	}
+	schema := creds.Get.Responses[200].Content["application/json"].Schema
+	for _, field := range []string{"access_token", "expires_at", "ttl", "rotation_period", "last_vault_rotation"} {
+		if schema == nil || schema.Properties[field] == nil || schema.Properties[field].Description == "" {
+			t.Errorf("the creds read response does not describe %s inline", field)
+		}
+	}
+	for _, p := range creds.Delete.Parameters {
+		if p.Name == "min_ttl" {
+			t.Error("creds delete lists min_ttl")
+		}
+	}
+	hasMinTTL := false
+	for _, p := range creds.Get.Parameters {
+		hasMinTTL = hasMinTTL || p.Name == "min_ttl"
+	}
+	if !hasMinTTL {
+		t.Error("creds read does not list its min_ttl query parameter")
 	}
 }

@@ -856,3 +856,78 @@ func TestPeriodic_UnreadableRole(t *testing.T) {
 		t.Error("the unreadable role was not logged")
 	}
 }
+
+// concurrencyProbe makes the provider hold every token request until released and
+// records how many were in flight at once, per connection path prefix.
+type concurrencyProbe struct {
+	mu       sync.Mutex
+	inFlight int
+	peak     int
+	hold     chan struct{}
+}
+
+func probeConcurrency(p *fakeProvider) *concurrencyProbe {
+	c := &concurrencyProbe{hold: make(chan struct{})}
+	p.setHook(func(_ http.ResponseWriter, _ *http.Request, _ url.Values) bool {
+		c.mu.Lock()
+		c.inFlight++
+		c.peak = max(c.peak, c.inFlight)
+		c.mu.Unlock()
+		<-c.hold
+		c.mu.Lock()
+		c.inFlight--
+		c.mu.Unlock()
+		return false
+	})
+	return c
+}
+
+func (c *concurrencyProbe) now() (inFlight, peak int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.inFlight, c.peak
+}
+
+// TestPeriodic_ConcurrentWithinBounds: 40 roles of one connection come due at once. The
+// periodic call returns at once; the background renews them with max_concurrent_requests
+// requests in flight, never more, reads of the same connection included; a second
+// periodic call meanwhile neither loses nor repeats any; every role is renewed once.
+func TestPeriodic_ConcurrentWithinBounds(t *testing.T) {
+	const roles = 40
+	env, p := newSeededEnv(t, roles)
+	for i := range roles {
+		p.mu.Lock()
+		p.live[fmt.Sprintf("rt-role-%05d", i)] = true
+		p.mu.Unlock()
+		env.readCreds(t, fmt.Sprintf("role-%05d", i)) // served: renewed before min_ttl
+	}
+	probe := probeConcurrency(p)
+	// Past every renewal point (14:15 to 17:06 after the tokens were obtained) but not
+	// yet under min_ttl (19:00): due, and the old tokens serve.
+	env.clock.mu.Lock()
+	env.clock.now = env.clock.now.Add(17*time.Minute + 10*time.Second) // no timers: the periodic call starts the work
+	env.clock.mu.Unlock()
+	env.b.bg.setActive(false)
+	if err := env.rollback(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "four renewals at the provider", func() bool { n, _ := probe.now(); return n == 4 })
+	// Work in flight: another periodic call, and reads (served from cache).
+	if err := env.rollback(); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 5 {
+		if resp := env.readCreds(t, fmt.Sprintf("role-%05d", 20+i)); len(resp.Warnings) != 0 {
+			t.Errorf("a read during the renewals: %v", resp.Warnings)
+		}
+	}
+	close(probe.hold)
+	env.b.bg.wait()
+	if _, peak := probe.now(); peak != 4 {
+		t.Errorf("peak requests in flight at the provider = %d, want max_concurrent_requests, 4", peak)
+	}
+	if got := p.calls(grantRefresh); got != roles {
+		t.Errorf("%d refreshes for %d due roles, want each once", got, roles)
+	}
+	p.assertNoRefreshReuse(t)
+}

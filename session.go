@@ -171,9 +171,10 @@ func (t *sessionTokens) readableUntil(minTTL time.Duration) time.Time {
 	return t.ExpiresAt.Add(-t.effectiveMinTTL(minTTL))
 }
 
-// usable reports whether the access token has at least minTTL (capped) left.
+// usable reports whether the access token has at least minTTL (capped) left, and has
+// not expired.
 func (t *sessionTokens) usable(now time.Time, minTTL time.Duration) bool {
-	return t.AccessToken != "" && !now.After(t.readableUntil(minTTL))
+	return t.valid(now) && !now.After(t.readableUntil(minTTL))
 }
 
 // valid reports whether the access token has not expired.

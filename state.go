@@ -164,6 +164,15 @@ func (g *loginGate) leave(version uint64, err error) {
 	}
 }
 
+// unprove makes credentials version unproven again (the provider rejected them).
+func (g *loginGate) unprove(version uint64) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.proven == version {
+		g.proven = 0
+	}
+}
+
 // prove records a successful login with credentials version outside the gate (the
 // verify login of a config write).
 func (g *loginGate) prove(version uint64) {

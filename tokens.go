@@ -85,9 +85,9 @@ type tokenResult struct {
 	// attempted: the result comes from a renewal attempt, not from a token someone
 	// else renewed.
 	attempted bool
-	// forwardedOnce: false when this is a node that cannot write and the first read of
-	// the token, which goes to the active node.
-	forwardedOnce bool
+	// forward: this node cannot write and this is its first read of the token, which
+	// goes to the active node.
+	forward bool
 }
 
 // getToken returns a token of role name with at least minTTL left (0: the role's
@@ -266,8 +266,14 @@ func (b *backend) loadRenewal(ctx context.Context, s logical.Storage, rs *roleSt
 		return nil, err
 	}
 	r := &renewal{b: b, ctx: ctx, s: s, rs: rs, cs: cs, role: role, conn: conn, stored: stored, epoch: epoch}
-	if legacy.appliesTo(conn) {
+	if legacy.appliesTo(conn) && b.canWrite() {
 		b.adoptRejection(ctx, s, cs, legacy)
+		defer func() {
+			// Rewritten without it, so that it is not adopted again once lifted.
+			if r.rs.unsaved.Load() == nil {
+				_ = r.save()
+			}
+		}()
 	}
 
 	var base uint64
@@ -351,7 +357,7 @@ func (r *renewal) run() (tokenResult, error) {
 		switch next {
 		case stepServe:
 			res := r.answer(&r.sess.Tokens, sit.now, answeredCached, false)
-			if !r.background && !r.b.canWrite() && res.creds != nil && !res.forwardedOnce {
+			if res.forward {
 				// As on the fast path: a node that cannot write sends the first read of
 				// each token to the active node.
 				return tokenResult{}, logical.ErrReadOnly
@@ -368,6 +374,13 @@ func (r *renewal) run() (tokenResult, error) {
 			}
 			// The refresh token is spent: decide again, which logs in.
 		case stepLogin:
+			taken, err := r.takeSpare()
+			if err != nil {
+				return tokenResult{}, err
+			}
+			if taken {
+				continue // serve it, or refresh with it
+			}
 			return r.login()
 		}
 	}
@@ -392,8 +405,7 @@ func (r *renewal) refresh() (tokenResult, error, bool) {
 	}
 	rt := r.sess.Tokens.RefreshToken
 	// R1: the write-ahead mark, before anything is sent.
-	r.sess.Tokens.RefreshSentAt = r.now()
-	if err := r.save(); err != nil && r.storageHoldsUnmarked(rt) {
+	if err := r.mark(); err != nil && r.storageHoldsUnmarked(rt) {
 		// Storage could not record that this refresh token is being presented, and
 		// others may present it: it is not sent.
 		r.sess.Tokens.RefreshSentAt = time.Time{}
@@ -432,9 +444,6 @@ func (r *renewal) storageHoldsUnmarked(rt string) bool {
 
 // login logs in with the password (L1 to L5 in docs/renewal.md).
 func (r *renewal) login() (tokenResult, error) {
-	if res, ok, err := r.takeSpare(); ok {
-		return res, err
-	}
 	client, err := r.clientFor()
 	if err != nil {
 		return r.failed(err)
@@ -445,12 +454,27 @@ func (r *renewal) login() (tokenResult, error) {
 	if shared != nil {
 		return r.failed(shared)
 	}
-	tok, err := client.passwordGrant(r.ctx, r.role.Scopes, r.requests())
-	var ge *grantError
-	if err != nil && errors.As(err, &ge) && ge.credentialsRejected() {
-		// L4: the account's record first, so that no role of the connection logs in
-		// again before the backoff.
-		err = r.rejected(ge)
+	// A login waiting for a request slot while another role's login was rejected is
+	// not sent: the account counts failed logins. A rejection is recorded (L4: the
+	// account's record first) before the slot is given to the next login.
+	var rejErr error
+	guard := &requestGuard{
+		before: func() error {
+			if a, err := r.b.accountRecord(r.ctx, r.s, r.cs); err == nil && a.Rejection.holdsBack(r.conn, r.now()) {
+				return &rejectedError{msg: msgHeldBack(r.conn, a.Rejection)}
+			}
+			return nil
+		},
+		after: func(err error) {
+			var ge *grantError
+			if errors.As(err, &ge) && ge.credentialsRejected() {
+				rejErr = r.rejected(ge)
+			}
+		},
+	}
+	tok, err := client.passwordGrantGuarded(r.ctx, r.role.Scopes, r.requests(), guard)
+	if rejErr != nil {
+		err = rejErr
 	}
 	if lead {
 		r.cs.gate.leave(version, err)
@@ -495,6 +519,8 @@ func (r *renewal) rejected(ge *grantError) error {
 	if err != nil {
 		r.b.Logger().Warn("could not save the connection's rejection record; it is kept in memory", "connection", r.role.Config, "error", err)
 	}
+	// Unproven again: after the backoff one login goes alone.
+	r.cs.gate.unprove(r.conn.CredentialsVersion)
 	r.b.Logger().Warn("provider rejected the login", "role", r.rs.name, "connection", r.role.Config, "username", r.conn.Username,
 		"client_rejected", rec.Client, "next_login_at", formatTime(rec.NextLoginAt))
 	return &rejectedError{msg: msgRejected(r.conn, &rec)}
@@ -506,41 +532,55 @@ type rejectedError struct{ msg string }
 func (e *rejectedError) Error() string { return e.msg }
 
 // takeSpare gives the role the connection's spare session (L2), if there is one that
-// still serves.
-func (r *renewal) takeSpare() (tokenResult, bool, error) {
+// still serves; a spare that no longer does is dropped (and ended at the provider).
+func (r *renewal) takeSpare() (bool, error) {
 	a, err := r.b.accountRecord(r.ctx, r.s, r.cs)
-	if err != nil || !a.Spare.usable(r.conn, r.now()) || len(r.role.Scopes) > 0 {
-		return tokenResult{}, false, nil
+	if err != nil || a.Spare == nil || len(r.role.Scopes) > 0 {
+		return false, nil
 	}
-	var taken *spareSession
+	now := r.now()
+	var taken, stale *spareSession
 	err = r.b.updateAccount(r.ctx, r.s, r.cs, func(a *accountEntry) bool {
-		if !a.Spare.usable(r.conn, r.now()) {
+		switch {
+		case a.Spare == nil:
 			return false
+		case a.Spare.usable(r.conn, now):
+			taken = a.Spare
+		default:
+			stale = a.Spare
 		}
-		taken, a.Spare = a.Spare, nil
+		a.Spare = nil
 		return true
 	})
-	if err != nil || taken == nil {
+	if err != nil {
 		// Not taken for sure: the spare stays where it is.
-		return tokenResult{}, false, nil
+		return false, nil
+	}
+	if stale != nil && stale.AccountVersion == r.conn.AccountVersion {
+		r.b.revokeWith(r.ctx, r.cs, r.conn, stale.Tokens.RefreshToken, r.rs.name)
+	}
+	if taken == nil {
+		return false, nil
 	}
 	r.sess.Tokens = taken.Tokens
 	r.sess.Failure = failureRecord{}
 	r.b.Logger().Debug("took the connection's spare session", "role", r.rs.name, "connection", r.role.Config)
 	if err := r.save(); err != nil {
-		return tokenResult{}, true, msgNotSaved(r.rs.name, err)
+		return true, msgNotSaved(r.rs.name, err)
 	}
-	if !r.sess.Tokens.usable(r.now(), r.minTTL) {
-		return tokenResult{}, false, nil // only the refresh token serves: renew with it
-	}
-	return r.answer(&r.sess.Tokens, r.now(), answeredRenewed, true), true, nil
+	return true, nil
 }
 
 // succeeded records new tokens, saves them and answers with them.
 func (r *renewal) succeeded(tok *tokenResponse, grant string) (tokenResult, error) {
 	now := r.now()
 	t := &r.sess.Tokens
+	// A refresh answer without a refresh token keeps the one presented; a login starts
+	// a new session.
 	prevRT, prevRTExpiry := t.RefreshToken, t.RefreshExpiresAt
+	if grant == grantPassword {
+		prevRT, prevRTExpiry = "", time.Time{}
+	}
 	*t = sessionTokens{
 		AccessToken: tok.AccessToken, TokenType: tok.TokenType, Scope: tok.Scope,
 		ObtainedAt: tok.Started, ExpiresAt: tok.ExpiresAt, Grant: grant,
@@ -627,9 +667,8 @@ func (r *renewal) answer(t *sessionTokens, now time.Time, how string, attempted 
 	res := tokenResult{tokens: t, minTTL: r.minTTL, now: now, warnings: r.warnings, how: how, attempted: attempted}
 	if v := r.rs.view.Load(); v != nil && v.creds != nil && v.tokens().AccessToken == t.AccessToken {
 		res.creds = v.creds
-		res.forwardedOnce = true
 		if !r.background && !v.served.Load() {
-			res.forwardedOnce = r.b.firstServe(r.rs, v)
+			res.forward = !r.b.firstServe(r.rs, v)
 		}
 	}
 	return res
@@ -650,6 +689,27 @@ func (r *renewal) clientFor() (*tokenClient, error) {
 // redact takes the connection's secrets and the session's refresh tokens out of text.
 func (r *renewal) redact(s string) string {
 	return newRedactor(r.conn.Password, r.conn.ClientSecret, r.old.RefreshToken, r.sess.Tokens.RefreshToken).redact(s)
+}
+
+// mark writes the session with the write-ahead mark on its refresh token (R1). When
+// the write fails nothing else changes: the session in memory (saved or not) is as it
+// was, but for the mark.
+func (r *renewal) mark() error {
+	r.sess.Tokens.RefreshSentAt = r.now()
+	next := r.sess
+	next.Format = sessionFormat
+	if r.stored != nil {
+		next.Revision = r.stored.Revision + 1
+	} else {
+		next.Revision = 1
+	}
+	if err := putJSON(r.ctx, r.s, tokenPrefix+r.rs.name, &next); err != nil {
+		return err
+	}
+	r.stored, r.sess.Revision = &next, next.Revision
+	r.rs.unsaved.Store(nil)
+	r.rs.install(r.view(), r.epoch)
+	return nil
 }
 
 // save writes the renewal's session over the stored entry it follows. When the write

@@ -89,7 +89,8 @@ func TestTokens_AccountChangeDuringRefresh(t *testing.T) {
 }
 
 // TestTokens_RefreshTokenStaysWithItsProvider: after the connection is pointed at
-// another provider, discarding the old session does not send its refresh token there.
+// another provider, the old session ends at the old provider (revocation) and its
+// refresh token is never sent to the new one.
 func TestTokens_RefreshTokenStaysWithItsProvider(t *testing.T) {
 	env := getTestBackend(t)
 	p := newFakeProvider(t, "apiax", env.clock)
@@ -99,15 +100,24 @@ func TestTokens_RefreshTokenStaysWithItsProvider(t *testing.T) {
 	rt := p.refreshTokens()[len(p.refreshTokens())-1]
 
 	env.mustOK(t, logical.UpdateOperation, "config/conn", map[string]any{"issuer": other.srv.URL + apiaxRealm, "ca_cert": other.caPEM(), "verify": false})
+	env.b.bg.wait() // the old account's sessions end in the background
 	env.mustOK(t, logical.DeleteOperation, "creds/app", nil)
+	revoked := false
 	for _, prov := range []*fakeProvider{p, other} {
 		prov.mu.Lock()
 		for _, r := range prov.requests {
 			if r.form.Get("token") == rt || r.form.Get("refresh_token") == rt {
-				t.Errorf("the old session's refresh token was sent to %s", r.path)
+				if prov == other {
+					t.Errorf("the old session's refresh token was sent to the new provider's %s", r.path)
+				} else if r.path == apiaxRevoke {
+					revoked = true
+				}
 			}
 		}
 		prov.mu.Unlock()
+	}
+	if !revoked {
+		t.Error("the old session was not ended at the old provider")
 	}
 }
 
