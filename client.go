@@ -158,11 +158,54 @@ func newHTTPClient(conn *connEntry) (*http.Client, error) {
 	}
 	transport.TLSClientConfig = tlsConfig
 	return &http.Client{
-		Transport: transport,
+		Transport: &droppableTransport{Transport: transport},
 		CheckRedirect: func(*http.Request, []*http.Request) error {
 			return http.ErrUseLastResponse
 		},
 	}, nil
+}
+
+// droppableTransport is a connection's transport. The engine calls
+// CloseIdleConnections when it drops the client; a renewal that still holds the client
+// (its connection changed while it was at the provider) may send more requests through
+// it, and those close their connection after the answer instead of leaving it idle in
+// a pool nobody will close.
+type droppableTransport struct {
+	*http.Transport
+	dropped atomic.Bool
+}
+
+func (t *droppableTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	if t.dropped.Load() {
+		req = req.Clone(req.Context())
+		req.Close = true
+	}
+	resp, err := t.Transport.RoundTrip(req)
+	if err != nil {
+		return nil, err
+	}
+	// Dropped while the request was sent: the connection may already be back in the
+	// pool when the body is closed.
+	resp.Body = &droppableBody{ReadCloser: resp.Body, t: t}
+	return resp, nil
+}
+
+type droppableBody struct {
+	io.ReadCloser
+	t *droppableTransport
+}
+
+func (b *droppableBody) Close() error {
+	err := b.ReadCloser.Close()
+	if b.t.dropped.Load() {
+		b.t.Transport.CloseIdleConnections()
+	}
+	return err
+}
+
+func (t *droppableTransport) CloseIdleConnections() {
+	t.dropped.Store(true)
+	t.Transport.CloseIdleConnections()
 }
 
 // passwordGrant logs in with the connection's username and password, sending at most

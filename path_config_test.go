@@ -392,28 +392,39 @@ func TestConfig_ProviderConnectionsAreClosed(t *testing.T) {
 
 func TestConfig_ConnectionBusyWhenItsClientIsDroppedIsClosed(t *testing.T) {
 	// A renewal in flight when its connection changes: the old client is dropped while
-	// its connection is busy; when the answer comes, that connection is closed rather
-	// than kept idle in a pool nobody uses.
-	env := getTestBackend(t)
-	p, srv := newCountedProvider(t, "mindbaz", env.clock)
-	env.setup(t, p, nil, nil)
-	env.readCreds(t, "app")
-	received, release := holdRefresh(p)
-	done := make(chan string)
-	go func() {
-		resp, err := env.request(t, logical.UpdateOperation, "creds/app", nil)
-		done <- errorText(resp, err)
-	}()
-	<-received
-	env.mustOK(t, logical.UpdateOperation, "config/conn", map[string]any{"request_timeout": "20s", "verify": false})
-	release()
-	if msg := <-done; msg != "" {
-		t.Fatalf("renewal: %s", msg)
+	// its connection is busy. When the answer comes, that connection is closed rather
+	// than kept idle in a pool nobody uses; so is the connection of the login the
+	// renewal goes on with when the refresh token turns out dead.
+	for name, refused := range map[string]bool{"refresh answered": false, "refresh refused, then a login": true} {
+		t.Run(name, func(t *testing.T) {
+			env := getTestBackend(t)
+			p, srv := newCountedProvider(t, "mindbaz", env.clock)
+			env.setup(t, p, nil, nil)
+			env.readCreds(t, "app")
+			received, release := holdRefresh(p)
+			done := make(chan string)
+			go func() {
+				resp, err := env.request(t, logical.UpdateOperation, "creds/app", nil)
+				done <- errorText(resp, err)
+			}()
+			<-received
+			env.mustOK(t, logical.UpdateOperation, "config/conn", map[string]any{"request_timeout": "20s", "verify": false})
+			if refused {
+				p.forgetSessions()
+			}
+			release()
+			if msg := <-done; msg != "" {
+				t.Fatalf("renewal: %s", msg)
+			}
+			if refused && p.lastRequest(t).grant != grantPassword {
+				t.Fatalf("the renewal did not log in after the refused refresh")
+			}
+			srv.waitOpen(t, "after the renewal with the dropped client", 0)
+			env.mustOK(t, logical.UpdateOperation, "creds/app", nil)
+			env.b.Cleanup(context.Background())
+			srv.waitOpen(t, "after Cleanup", 0)
+		})
 	}
-	srv.waitOpen(t, "after the renewal with the dropped client", 0)
-	env.mustOK(t, logical.UpdateOperation, "creds/app", nil)
-	env.b.Cleanup(context.Background())
-	srv.waitOpen(t, "after Cleanup", 0)
 }
 
 // requestsSince returns the requests the provider received after the first n.
