@@ -161,11 +161,54 @@ func newHTTPClient(conn *connEntry) (*http.Client, error) {
 	}
 	transport.TLSClientConfig = tlsConfig
 	return &http.Client{
-		Transport: transport,
+		Transport: &droppableTransport{Transport: transport},
 		CheckRedirect: func(*http.Request, []*http.Request) error {
 			return http.ErrUseLastResponse
 		},
 	}, nil
+}
+
+// droppableTransport is a connection's transport. The engine calls
+// CloseIdleConnections when it drops the client; a renewal that still holds the client
+// (its connection changed while it was at the provider) may send more requests through
+// it, and those close their connection after the answer instead of leaving it idle in
+// a pool nobody will close.
+type droppableTransport struct {
+	*http.Transport
+	dropped atomic.Bool
+}
+
+func (t *droppableTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	if t.dropped.Load() {
+		req = req.Clone(req.Context())
+		req.Close = true
+	}
+	resp, err := t.Transport.RoundTrip(req)
+	if err != nil {
+		return nil, err
+	}
+	// Dropped while the request was sent: the connection may already be back in the
+	// pool when the body is closed.
+	resp.Body = &droppableBody{ReadCloser: resp.Body, t: t}
+	return resp, nil
+}
+
+type droppableBody struct {
+	io.ReadCloser
+	t *droppableTransport
+}
+
+func (b *droppableBody) Close() error {
+	err := b.ReadCloser.Close()
+	if b.t.dropped.Load() {
+		b.t.Transport.CloseIdleConnections()
+	}
+	return err
+}
+
+func (t *droppableTransport) CloseIdleConnections() {
+	t.dropped.Store(true)
+	t.Transport.CloseIdleConnections()
 }
 
 // login starts a session with the connection's grant: the password grant, or the
@@ -533,10 +576,15 @@ func describeNetError(err error) string {
 }
 
 // permanentNetError reports transport failures that a retry cannot change: a host name
-// that does not resolve, a TLS handshake with a server that does not speak TLS.
+// that does not resolve, a TLS handshake with a server that does not speak TLS (net/http
+// reports a plain-HTTP server's answer as ErrSchemeMismatch, anything else as the TLS
+// record header error).
 func permanentNetError(err error) bool {
 	var dnsErr *net.DNSError
 	if errors.As(err, &dnsErr) && dnsErr.IsNotFound {
+		return true
+	}
+	if errors.Is(err, http.ErrSchemeMismatch) {
 		return true
 	}
 	var recErr tls.RecordHeaderError
@@ -724,11 +772,12 @@ func jwtExpiry(token string) (time.Time, bool) {
 	return unixTime(f)
 }
 
-// checkTokenURL allows https everywhere and http only for loopback hosts.
+// checkEndpoint allows https everywhere and http only for loopback hosts. Its errors
+// quote the URL without its query and fragment, which may carry a key.
 func checkEndpoint(field, raw string) error {
 	u, err := url.Parse(raw)
 	if err != nil || u.Host == "" {
-		return fmt.Errorf("%s %q is not an absolute URL", field, raw)
+		return fmt.Errorf("%s %q is not an absolute URL", field, displayURL(raw))
 	}
 	switch u.Scheme {
 	case "https":

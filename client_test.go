@@ -3,12 +3,18 @@ package bearer
 import (
 	"cmp"
 	"context"
+	"crypto/tls"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"html"
 	"io"
+	"log"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"regexp"
 	"strings"
 	"sync"
 	"syscall"
@@ -36,10 +42,16 @@ func newTestClient(tb testing.TB, timeout time.Duration, handler http.HandlerFun
 		handler(w, r)
 	}))
 	tb.Cleanup(tc.srv.Close)
-	p := &fakeProvider{srv: tc.srv}
+	tc.init(tb, tc.srv.URL+"/token", (&fakeProvider{srv: tc.srv}).caPEM(), timeout)
+	return tc
+}
+
+// init builds the token client for tokenURL, trusting caPEM.
+func (tc *testClient) init(tb testing.TB, tokenURL, caPEM string, timeout time.Duration) {
+	tb.Helper()
 	conn := &connEntry{
-		TokenURL: tc.srv.URL + "/token", ClientID: "cli", ClientSecret: testSecret, ClientAuth: clientAuthBody,
-		Username: testUsername, Password: testPassword, CACert: p.caPEM(), RequestTimeout: timeout,
+		TokenURL: tokenURL, ClientID: "cli", ClientSecret: testSecret, ClientAuth: clientAuthBody,
+		Username: testUsername, Password: testPassword, CACert: caPEM, RequestTimeout: timeout,
 	}
 	hc, err := newHTTPClient(conn)
 	if err != nil {
@@ -52,7 +64,6 @@ func newTestClient(tb testing.TB, timeout time.Duration, handler http.HandlerFun
 		tc.mu.Unlock()
 		return ctx.Err()
 	}}
-	return tc
 }
 
 // callCount is how many requests the server received.
@@ -463,5 +474,344 @@ func TestDescribeNetError(t *testing.T) {
 				t.Errorf("describeNetError = %q, want %q", got, tc.want)
 			}
 		})
+	}
+}
+
+// Secrets with characters that every encoding changes: & < > " / + and a space.
+const (
+	oddPassword = `p&ss <w>rd "q"/+ x`
+	oddSecret   = `c&s<e>c"r/e+t k`
+	oddRefresh  = `rt&<>"/+ 1234=`
+)
+
+// echoForms are the ways a provider may echo back a secret it received.
+var echoForms = map[string]func(string) string{
+	"as sent":                          func(s string) string { return s },
+	"query-escaped":                    url.QueryEscape,
+	"path-escaped":                     url.PathEscape,
+	"form-encoded":                     func(s string) string { return strings.TrimPrefix(url.Values{"x": {s}}.Encode(), "x=") },
+	"JSON-escaped (\\u0026 escapes)":   func(s string) string { return jsonEscaped(s, true) },
+	"JSON-escaped (no HTML escapes)":   func(s string) string { return jsonEscaped(s, false) },
+	"query-escaped, lower-case hex":    func(s string) string { return lowerHex(url.QueryEscape(s)) },
+	"JSON-escaped (\\/ as PHP writes)": func(s string) string { return strings.ReplaceAll(jsonEscaped(s, false), "/", `\/`) },
+	"HTML-escaped":                     html.EscapeString,
+	"HTML-escaped (&quot;)":            func(s string) string { return strings.ReplaceAll(html.EscapeString(s), "&#34;", "&quot;") },
+}
+
+// lowerHex writes the percent escapes of s with lower-case hex digits, as .NET does.
+func lowerHex(s string) string {
+	return regexp.MustCompile(`%[0-9A-F]{2}`).ReplaceAllStringFunc(s, strings.ToLower)
+}
+
+// jsonEscaped is s inside a JSON string, with or without encoding/json's HTML escapes
+// (\u0026 for &, \u003c for <): other encoders write & and < as they are.
+func jsonEscaped(s string, escapeHTML bool) string {
+	var sb strings.Builder
+	enc := json.NewEncoder(&sb)
+	enc.SetEscapeHTML(escapeHTML)
+	_ = enc.Encode(s)
+	out := strings.TrimSpace(sb.String())
+	return out[1 : len(out)-1]
+}
+
+func TestClient_EchoedSecretsAreRedacted(t *testing.T) {
+	// The provider echoes a secret it received in error_description; the error names
+	// the grant, the code and the status, and only "[redacted]" in the secret's place.
+	type grant struct {
+		name    string
+		do      func(c *testClient) error
+		secrets map[string]string // form field: the secret sent in it
+	}
+	grants := []grant{
+		{
+			name:    grantPassword,
+			do:      func(c *testClient) error { _, err := c.passwordGrant(context.Background(), nil, 1); return err },
+			secrets: map[string]string{"password": oddPassword, "client_secret": oddSecret},
+		},
+		{
+			name:    grantRefresh,
+			do:      func(c *testClient) error { _, err := c.refreshGrant(context.Background(), oddRefresh, 1); return err },
+			secrets: map[string]string{"refresh_token": oddRefresh, "client_secret": oddSecret},
+		},
+	}
+	for _, g := range grants {
+		for field, secret := range g.secrets {
+			for form, encode := range echoForms {
+				t.Run(g.name+"/"+field+"/"+form, func(t *testing.T) {
+					c := newTestClient(t, 10*time.Second, func(w http.ResponseWriter, r *http.Request) {
+						_ = r.ParseForm()
+						oauthError(w, http.StatusBadRequest, "invalid_request", "got "+encode(r.PostForm.Get(field)))
+					})
+					c.conn.Password, c.conn.ClientSecret = oddPassword, oddSecret
+					err := g.do(c)
+					want := g.name + " grant failed: invalid_request: got [redacted] (HTTP 400)"
+					if err == nil || err.Error() != want {
+						t.Fatalf("error:\n got %v\nwant %s", err, want)
+					}
+					assertNoSecrets(t, "error", err.Error(), secret, encode(secret))
+				})
+			}
+		}
+		t.Run(g.name+"/the request body", func(t *testing.T) {
+			c := newTestClient(t, 10*time.Second, func(w http.ResponseWriter, r *http.Request) {
+				body, _ := io.ReadAll(r.Body)
+				oauthError(w, http.StatusBadRequest, "invalid_request", string(body))
+			})
+			c.conn.Password, c.conn.ClientSecret = oddPassword, oddSecret
+			err := g.do(c)
+			for _, secret := range g.secrets {
+				for form, encode := range echoForms {
+					assertNoSecrets(t, "error ("+form+")", fmt.Sprint(err), encode(secret))
+				}
+			}
+			if n := strings.Count(fmt.Sprint(err), "[redacted]"); n != len(g.secrets) {
+				t.Errorf("error %v has %d redactions, want %d", err, n, len(g.secrets))
+			}
+		})
+	}
+}
+
+func TestClient_ShortSecretDropsProviderText(t *testing.T) {
+	// A secret under 4 bytes cannot be taken out of text safely: the provider's text is
+	// not quoted, only a registered error code, with the grant and the status.
+	cases := map[string]struct {
+		password, secret, refresh string
+		body                      string
+		status                    int
+		err                       string
+		rejected                  bool
+	}{
+		"short password, registered code": {
+			password: "ab1", status: http.StatusUnauthorized,
+			body: `{"error":"invalid_grant","error_description":"password ab1 is wrong"}`,
+			err:  "password grant failed: invalid_grant (HTTP 401)", rejected: true,
+		},
+		"short password, unregistered code": {
+			password: "ab1", status: http.StatusBadRequest,
+			body: `{"error":"wrong_ab1","error_description":"password ab1 is wrong"}`,
+			err:  "password grant failed: token endpoint answered Bad Request (HTTP 400)",
+		},
+		"short password, free text as the code": {
+			password: "ab1", status: http.StatusBadRequest,
+			body: `{"error":"Password ab1 is wrong"}`,
+			err:  "password grant failed: token endpoint answered Bad Request (HTTP 400)",
+		},
+		"short client secret": {
+			password: testPassword, secret: "xy", status: http.StatusUnauthorized,
+			body: `{"error":"invalid_client","error_description":"secret xy unknown"}`,
+			err:  "password grant failed: invalid_client (HTTP 401)", rejected: true,
+		},
+		"short refresh token": {
+			password: testPassword, refresh: "r1", status: http.StatusBadRequest,
+			body: `{"error":"invalid_grant","error_description":"token r1 is not active"}`,
+			err:  "refresh_token grant failed: invalid_grant (HTTP 400)", rejected: true,
+		},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			c := newTestClient(t, 10*time.Second, served(tc.status, "application/json", tc.body))
+			c.conn.Password, c.conn.ClientSecret = tc.password, tc.secret
+			var err error
+			if tc.refresh != "" {
+				_, err = c.refreshGrant(context.Background(), tc.refresh, maxAttemptRequests)
+			} else {
+				_, err = c.passwordGrant(context.Background(), nil, maxAttemptRequests)
+			}
+			var gerr *grantError
+			if !errors.As(err, &gerr) || err.Error() != tc.err {
+				t.Fatalf("error:\n got %v\nwant %s", err, tc.err)
+			}
+			if gerr.credentialsRejected() != tc.rejected {
+				t.Errorf("credentials rejected: %v, want %v", gerr.credentialsRejected(), tc.rejected)
+			}
+		})
+	}
+}
+
+// countedServer is a test server that counts its connections: accepted in all, and
+// open now.
+type countedServer struct {
+	*httptest.Server
+	mu       sync.Mutex
+	accepted int
+	open     map[net.Conn]bool
+}
+
+// newCountedServer starts a server with handler, speaking TLS or plain HTTP.
+func newCountedServer(tb testing.TB, useTLS bool, handler http.Handler) *countedServer {
+	tb.Helper()
+	cs := &countedServer{Server: httptest.NewUnstartedServer(handler), open: map[net.Conn]bool{}}
+	cs.Config.ConnState = func(c net.Conn, state http.ConnState) {
+		cs.mu.Lock()
+		defer cs.mu.Unlock()
+		switch state {
+		case http.StateNew:
+			cs.accepted++
+			cs.open[c] = true
+		case http.StateClosed, http.StateHijacked:
+			delete(cs.open, c)
+		}
+	}
+	// The handshake errors a test provokes are expected.
+	cs.Config.ErrorLog = log.New(io.Discard, "", 0)
+	if useTLS {
+		cs.StartTLS()
+	} else {
+		cs.Start()
+	}
+	tb.Cleanup(cs.Close)
+	return cs
+}
+
+func (cs *countedServer) counts() (accepted, open int) {
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	return cs.accepted, len(cs.open)
+}
+
+// waitOpen waits up to 5 s for the server to see want connections open.
+func (cs *countedServer) waitOpen(tb testing.TB, what string, want int) {
+	tb.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		_, open := cs.counts()
+		if open == want {
+			return
+		}
+		if time.Now().After(deadline) {
+			tb.Fatalf("%s: %d provider connections open, want %d", what, open, want)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// httpsURL is the server's address with https:// whatever it speaks.
+func (cs *countedServer) httpsURL() string {
+	return "https://" + cs.Listener.Addr().String() + "/token"
+}
+
+// permanentCase is a provider endpoint that no retry can make work.
+type permanentCase struct {
+	useTLS  bool   // the server speaks TLS
+	dns     bool   // the token URL's host does not resolve (no server is contacted)
+	otherCA bool   // the connection trusts another CA than the server's
+	cause   string // the error after "<grant> grant failed: " ("" for DNS: checked apart)
+	advice  string
+}
+
+// unresolvableURL is under the reserved .invalid TLD: resolving it fails at once, also
+// offline.
+const unresolvableURL = "https://sso.bearer-test.invalid/token"
+
+var permanentCases = map[string]permanentCase{
+	"name does not resolve": {dns: true, advice: "check token_url (host name, https) and ca_cert"},
+	"TLS with a plain-HTTP server": {
+		cause:  "http: server gave HTTP response to HTTPS client",
+		advice: "check token_url (host name, https) and ca_cert",
+	},
+	"unknown certificate authority": {
+		useTLS: true, otherCA: true,
+		cause:  "tls: failed to verify certificate: x509: certificate signed by unknown authority",
+		advice: adviceCertificate,
+	},
+}
+
+// endpoint starts the case's server and returns it with the token URL and CA to use.
+func (pc permanentCase) endpoint(tb testing.TB) (srv *countedServer, tokenURL, caPEM string) {
+	tb.Helper()
+	srv = newCountedServer(tb, pc.useTLS, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		tb.Errorf("the server answered a request: %s %s", r.Method, r.URL)
+	}))
+	tokenURL = srv.httpsURL()
+	switch {
+	case pc.dns:
+		tokenURL = unresolvableURL
+	case pc.otherCA:
+		caPEM = otherCAPEM(tb)
+	case pc.useTLS:
+		caPEM = (&fakeProvider{srv: srv.Server}).caPEM()
+	}
+	return srv, tokenURL, caPEM
+}
+
+// checkCause checks the failure text after the grant's prefix.
+func (pc permanentCase) checkCause(tb testing.TB, what, got, prefix string) {
+	tb.Helper()
+	if pc.dns {
+		// The resolver's address is the machine's.
+		if !strings.HasPrefix(got, prefix+"dial tcp: lookup sso.bearer-test.invalid") || !strings.HasSuffix(got, "no such host") {
+			tb.Errorf("%s: %s", what, got)
+		}
+		return
+	}
+	if got != prefix+pc.cause {
+		tb.Errorf("%s:\n got %s\nwant %s", what, got, prefix+pc.cause)
+	}
+}
+
+func TestClient_PermanentFailuresAreNotRetried(t *testing.T) {
+	for name, pc := range permanentCases {
+		for _, grant := range []string{grantPassword, grantRefresh} {
+			t.Run(name+"/"+grant, func(t *testing.T) {
+				srv, tokenURL, caPEM := pc.endpoint(t)
+				c := &testClient{}
+				c.init(t, tokenURL, caPEM, 10*time.Second)
+				var err error
+				if grant == grantPassword {
+					_, err = c.passwordGrant(context.Background(), nil, maxAttemptRequests)
+				} else {
+					_, err = c.refreshGrant(context.Background(), "rt-not-retried-1234", maxAttemptRequests)
+				}
+				var gerr *grantError
+				if !errors.As(err, &gerr) {
+					t.Fatalf("error %v is not a grant error", err)
+				}
+				if gerr.kind != failPermanent {
+					t.Errorf("kind %d, want failPermanent", gerr.kind)
+				}
+				pc.checkCause(t, "error", err.Error(), grant+" grant failed: ")
+				if gerr.advice() != pc.advice {
+					t.Errorf("advice = %q, want %q", gerr.advice(), pc.advice)
+				}
+				if len(c.pauses) != 0 {
+					t.Errorf("retried after pauses %v", c.pauses)
+				}
+				wantConns := 1
+				if pc.dns {
+					wantConns = 0
+				}
+				if accepted, _ := srv.counts(); accepted != wantConns {
+					t.Errorf("the server accepted %d connections, want %d", accepted, wantConns)
+				}
+			})
+		}
+	}
+}
+
+func TestPermanentNetError(t *testing.T) {
+	// The DNS case as the resolver reports it, and the temporary failures that are not
+	// permanent: a server that is down, a resolver that is.
+	cases := map[string]struct {
+		err  error
+		want bool
+	}{
+		"no such host":         {&url.Error{Op: "Post", Err: &net.OpError{Op: "dial", Err: &net.DNSError{Err: "no such host", Name: "x.invalid", IsNotFound: true}}}, true},
+		"resolver timed out":   {&url.Error{Op: "Post", Err: &net.OpError{Op: "dial", Err: &net.DNSError{Err: "i/o timeout", Name: "x.example", IsTimeout: true}}}, false},
+		"resolver failing":     {&url.Error{Op: "Post", Err: &net.OpError{Op: "dial", Err: &net.DNSError{Err: "server misbehaving", Name: "x.example", IsTemporary: true}}}, false},
+		"refused":              {&url.Error{Op: "Post", Err: &net.OpError{Op: "dial", Err: syscall.ECONNREFUSED}}, false},
+		"plain HTTP answer":    {&url.Error{Op: "Post", Err: http.ErrSchemeMismatch}, true},
+		"neither TLS nor HTTP": {&url.Error{Op: "Post", Err: tls.RecordHeaderError{Msg: "first record does not look like a TLS handshake"}}, true},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			if got := permanentNetError(tc.err); got != tc.want {
+				t.Errorf("permanentNetError = %v, want %v", got, tc.want)
+			}
+		})
+	}
+	// And the real lookup of a reserved name.
+	_, err := net.DefaultResolver.LookupHost(context.Background(), "sso.bearer-test.invalid")
+	if !permanentNetError(err) {
+		t.Errorf("looking up a .invalid name: %v is not permanent", err)
 	}
 }
