@@ -293,6 +293,10 @@ func (b *backend) tokenClient(cs *connState, entry *connEntry) (*tokenClient, er
 			cs.client.http.CloseIdleConnections()
 		}
 		cs.client = c
+	} else {
+		// For an entry replaced meanwhile: used by this one renewal, kept by nobody, so
+		// its requests leave no idle connection behind.
+		c.http.CloseIdleConnections()
 	}
 	return c, nil
 }
