@@ -800,19 +800,31 @@ const pathConfigHelpSyn = `Manage a connection: a provider's token endpoint and 
 const pathConfigHelpDesc = `
 A connection holds what the engine needs to obtain tokens: the token endpoint
 (directly, or from a preset: mindbaz, keycloak with issuer, apiax), the OAuth2 client
-and the account's username and password. Writes are partial updates: a field left out
-keeps its stored value. Changing provider resets the preset-derived fields (issuer,
-token_url, revocation_url, client_id, password_params, refresh_params,
-refresh_token_ttl) that the write does not set; with a Keycloak preset, changing
-issuer derives token_url and revocation_url again.
+(client_id, and client_secret or client_private_key with client_auth=private_key_jwt)
+and how sessions start (grant_type): with the account's username and password
+(password, the default), with the client alone (client_credentials), or not at all
+(refresh_token: each role's session is seeded with vault write <mount>/creds/<role>
+refresh_token=-). offline_access asks a Keycloak realm for offline sessions.
 
-By default a write performs one password login (verify=true) and is refused if the
-login fails; while the provider's rejection of the stored credentials holds back logins,
-a write that keeps those credentials skips that login and says so in a warning. Reads never return password or client_secret: password_set and
-client_secret_set say whether they are set. Changing the password or client secret
-lifts a "credentials rejected" state of the roles using the connection and keeps their
-valid tokens; changing token_url, client_id or username discards their tokens.
-A connection still used by roles cannot be deleted.
+Writes are partial updates: a field left out keeps its stored value. Changing
+provider resets the preset-derived fields (issuer, token_url, revocation_url,
+client_id, password_params, refresh_params, refresh_token_ttl) that the write does not
+set; with a Keycloak preset, changing issuer derives token_url and revocation_url
+again. A password or client secret loses one trailing line break (with a warning).
+
+By default a write performs one login (verify=true) and is refused if it fails; the
+session of that login serves the first role that needs one. While the provider's
+rejection of the stored credentials holds back logins, a write that keeps those
+credentials skips the login and says so in a warning.
+
+Reads never return password, client_secret or client_private_key: password_set,
+client_secret_set and client_private_key_set say whether they are set. Reads also show
+the connection's state: credentials_rejected_at, next_login_at and last_error while the
+provider's rejection of its credentials holds back logins of all its roles. Changing
+the password or the client settings lifts that state and keeps valid tokens; changing
+token_url, client_id, username or grant_type discards the roles' tokens (their
+sessions end at the old revocation_url). A connection still used by roles cannot be
+deleted.
 `
 
 const pathConfigListHelpSyn = `List the connections.`
