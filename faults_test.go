@@ -3,17 +3,7 @@ package bearer
 import (
 	"cmp"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/json"
-	"encoding/pem"
 	"fmt"
-	"math/big"
-	"net"
 	"net/http"
 	"net/url"
 	"strings"
@@ -23,10 +13,6 @@ import (
 
 	"github.com/hashicorp/vault/sdk/logical"
 )
-
-// hookFunc answers a token request in place of the fake provider (returns true) or
-// lets it through (returns false).
-type hookFunc = func(w http.ResponseWriter, r *http.Request, form url.Values) bool
 
 // Special values of sessionWant.refresh.
 const (
@@ -433,182 +419,6 @@ func rejectedText(cause string) string {
 		`; to protect the account from lockout no login is tried before {now+15m}: update the credentials with vault write bearer/config/conn password=<new password> (or client_secret=<new secret>)`
 }
 
-// reply is a hook that answers the requests of one grant ("" for all) with a fixed
-// status, content type, body and header pairs.
-func reply(grant string, status int, contentType, body string, header ...string) func(*fakeProvider) hookFunc {
-	return func(*fakeProvider) hookFunc {
-		return func(w http.ResponseWriter, r *http.Request, form url.Values) bool {
-			if grant != "" && form.Get("grant_type") != grant {
-				return false
-			}
-			for i := 0; i+1 < len(header); i += 2 {
-				w.Header().Set(header[i], header[i+1])
-			}
-			if contentType != "" {
-				w.Header().Set("Content-Type", contentType)
-			}
-			w.WriteHeader(status)
-			_, _ = w.Write([]byte(body))
-			return true
-		}
-	}
-}
-
-// resetConn drops the connection of a request that was read, with a TCP reset.
-func resetConn(w http.ResponseWriter) {
-	conn, _, err := w.(http.Hijacker).Hijack()
-	if err != nil {
-		panic(err)
-	}
-	raw := conn
-	if tc, ok := conn.(*tls.Conn); ok {
-		raw = tc.NetConn()
-	}
-	if tcp, ok := raw.(*net.TCPConn); ok {
-		_ = tcp.SetLinger(0)
-	}
-	_ = raw.Close()
-}
-
-// refusedURL is a token URL on a loopback port where nothing listens.
-func refusedURL(tb testing.TB) string {
-	tb.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	_ = ln.Close()
-	return "https://" + addr + "/oauth2/token"
-}
-
-// otherCAPEM is a CA certificate that did not sign the fake provider's certificate.
-func otherCAPEM(tb testing.TB) string {
-	tb.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: "another test CA"},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(time.Hour),
-		IsCA:                  true,
-		BasicConstraintsValid: true,
-		KeyUsage:              x509.KeyUsageCertSign,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}))
-}
-
-// consume uses a refresh token as a refresh would, issuing a successor that never
-// reaches the client. It reports whether the token was live.
-func (p *fakeProvider) consume(rt string) bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if !p.live[rt] {
-		return false
-	}
-	delete(p.live, rt)
-	p.issued++
-	next := fmt.Sprintf("rt-%s-%d-%s", p.style, p.issued, strings.Repeat("r", 8))
-	p.live[next] = true
-	p.everIssued = append(p.everIssued, next)
-	return true
-}
-
-// forgetSessions makes every refresh token dead, as a provider restart would.
-func (p *fakeProvider) forgetSessions() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.live = map[string]bool{}
-}
-
-// newest is the last refresh token the provider issued.
-func (p *fakeProvider) newest() string {
-	rts := p.refreshTokens()
-	if len(rts) == 0 {
-		return ""
-	}
-	return rts[len(rts)-1]
-}
-
-// assertNoRefreshReuse fails when a refresh token was presented more than once.
-func (p *fakeProvider) assertNoRefreshReuse(tb testing.TB) {
-	tb.Helper()
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	seen := map[string]bool{}
-	for _, r := range p.requests {
-		if r.grant != grantRefresh {
-			continue
-		}
-		rt := r.form.Get("refresh_token")
-		if seen[rt] {
-			tb.Errorf("refresh token %q was presented again", rt)
-		}
-		seen[rt] = true
-	}
-}
-
-// pauseLog records the client's retry pauses, which take no time in tests.
-type pauseLog struct {
-	mu     sync.Mutex
-	pauses []time.Duration
-}
-
-func (l *pauseLog) reset() {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.pauses = nil
-}
-
-func (l *pauseLog) len() int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return len(l.pauses)
-}
-
-// recordPauses makes the backend record its retry pauses. Call it before the first
-// token request: clients keep the sleep function they were built with.
-func (e *testEnv) recordPauses() *pauseLog {
-	l := &pauseLog{}
-	e.b.sleep = func(ctx context.Context, d time.Duration) error {
-		l.mu.Lock()
-		l.pauses = append(l.pauses, d)
-		l.mu.Unlock()
-		return ctx.Err()
-	}
-	return l
-}
-
-// storedRejection reads the rejection recorded for a connection; nil when none.
-func (e *testEnv) storedRejection(tb testing.TB, conn string) *rejection {
-	tb.Helper()
-	a := new(accountEntry)
-	if _, err := getJSON(context.Background(), e.storage.Storage, accountPrefix+conn, a); err != nil {
-		tb.Fatal(err)
-	}
-	return a.Rejection
-}
-
-// storedSession reads tokens/<role> from storage; an empty entry when there is none.
-func (e *testEnv) storedSession(tb testing.TB, role string) *sessionEntry {
-	tb.Helper()
-	sess, _, err := readSession(context.Background(), e.storage.Storage, role)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	if sess == nil {
-		sess = &sessionEntry{}
-	}
-	return sess
-}
-
 // assertSession checks the stored session of a role and what a role read shows of it.
 func (e *testEnv) assertSession(tb testing.TB, role string, want sessionWant) {
 	tb.Helper()
@@ -663,40 +473,6 @@ func (e *testEnv) expander(tb testing.TB, p *fakeProvider, old map[string]any) f
 		).Replace(s)
 		return s
 	}
-}
-
-// errorText is the error of a request, "" when it succeeded.
-func errorText(resp *logical.Response, err error) string {
-	switch {
-	case err != nil:
-		return err.Error()
-	case resp != nil && resp.IsError():
-		return resp.Error().Error()
-	}
-	if status, msg := rawErrorOf(resp); status != 0 {
-		return msg
-	}
-	return ""
-}
-
-// rawErrorOf reads an error answer with its own status (rawError): its status and its
-// one message; 0 when resp is not one.
-func rawErrorOf(resp *logical.Response) (int, string) {
-	if resp == nil || resp.Data == nil {
-		return 0, ""
-	}
-	status, ok := resp.Data[logical.HTTPStatusCode].(int)
-	if !ok {
-		return 0, ""
-	}
-	var body struct {
-		Errors []string `json:"errors"`
-	}
-	raw, _ := resp.Data[logical.HTTPRawBody].([]byte)
-	if err := json.Unmarshal(raw, &body); err != nil || len(body.Errors) != 1 {
-		return status, fmt.Sprintf("malformed raw error body %q", raw)
-	}
-	return status, body.Errors[0]
 }
 
 // checkToken checks a successful creds read: the token wanted ("<old>": the one in
@@ -852,17 +628,6 @@ func TestFaults_RejectedCredentialsBackoff(t *testing.T) {
 	}
 }
 
-// newSession is a backend with a fake Mindbaz provider, the connection "conn" and the
-// role "app", after a first creds read whose data it returns; retry pauses are recorded.
-func newSession(tb testing.TB) (*testEnv, *fakeProvider, *pauseLog, map[string]any) {
-	tb.Helper()
-	env := getTestBackend(tb)
-	pauses := env.recordPauses()
-	p := newFakeProvider(tb, "mindbaz", env.clock)
-	env.setup(tb, p, nil, nil)
-	return env, p, pauses, env.readCreds(tb, "app").Data
-}
-
 // rejectedParts are the beginning and the end of the errors of a connection "conn"
 // whose password (or, with client, whose client) the provider rejected.
 func rejectedParts(client bool) (what, fix string) {
@@ -873,7 +638,6 @@ func rejectedParts(client bool) (what, fix string) {
 	return `connection "conn" rejected the credentials of user "alice@example.com"`,
 		"update the credentials with vault write bearer/config/conn password=<new password> (or client_secret=<new secret>)"
 }
-
 
 func TestFaults_AmbiguousRefreshIsNeverReplayed(t *testing.T) {
 	env, p, _, _ := newSession(t)
@@ -1171,11 +935,6 @@ func TestFaults_ConnectionGone(t *testing.T) {
 	if err != nil || resp == nil || !resp.IsError() || resp.Error().Error() != want {
 		t.Errorf("read: %v %v, want the 400 %q", resp, err, want)
 	}
-}
-
-// advanceTo moves the clock forward to t.
-func advanceTo(c *testClock, t time.Time) {
-	c.Add(t.Sub(c.Now()))
 }
 
 func TestFaults_RejectionHoldsBackEveryRoleOfTheConnection(t *testing.T) {

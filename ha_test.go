@@ -14,82 +14,6 @@ import (
 	"github.com/hashicorp/vault/sdk/plugin/pb"
 )
 
-// recordingStorage passes everything through and records the keys written or deleted,
-// so that a test can invalidate them on another node as Vault does; with onWrite set,
-// it calls it with each key right after the write.
-type recordingStorage struct {
-	logical.Storage
-
-	// mu guards keys and onWrite.
-	mu      sync.Mutex
-	keys    []string
-	onWrite func(key string)
-}
-
-func (s *recordingStorage) Put(ctx context.Context, e *logical.StorageEntry) error {
-	if err := s.Storage.Put(ctx, e); err != nil {
-		return err
-	}
-	s.record(e.Key)
-	return nil
-}
-
-func (s *recordingStorage) Delete(ctx context.Context, key string) error {
-	if err := s.Storage.Delete(ctx, key); err != nil {
-		return err
-	}
-	s.record(key)
-	return nil
-}
-
-func (s *recordingStorage) record(key string) {
-	s.mu.Lock()
-	s.keys = append(s.keys, key)
-	onWrite := s.onWrite
-	s.mu.Unlock()
-	if onWrite != nil {
-		onWrite(key)
-	}
-}
-
-// drain returns the keys written since the last call.
-func (s *recordingStorage) drain() []string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	keys := s.keys
-	s.keys = nil
-	return keys
-}
-
-// readOnlyStorage is storage as a standby sees it: reads pass, writes fail with Vault's
-// read-only error, which reaches a plugin over gRPC as plain text.
-type readOnlyStorage struct{ logical.Storage }
-
-func (readOnlyStorage) Put(context.Context, *logical.StorageEntry) error {
-	return errors.New(logical.ErrReadOnly.Error())
-}
-
-func (readOnlyStorage) Delete(context.Context, string) error {
-	return errors.New(logical.ErrReadOnly.Error())
-}
-
-// newRecordedEnv is a test backend whose storage writes are recorded.
-func newRecordedEnv(tb testing.TB) (*testEnv, *recordingStorage) {
-	tb.Helper()
-	rec := &recordingStorage{Storage: &logical.InmemStorage{}}
-	env := &testEnv{storage: &testStorage{Storage: rec}, clock: newTestClock(), logs: &syncBuffer{}}
-	env.start(tb)
-	return env, rec
-}
-
-// newNode starts another node's backend over storage, on env's clock.
-func newNode(tb testing.TB, env *testEnv, storage logical.Storage) *testEnv {
-	tb.Helper()
-	node := &testEnv{storage: &testStorage{Storage: storage}, clock: env.clock, logs: env.logs}
-	node.start(tb)
-	return node
-}
-
 // TestHA_ForwardingFlags: the mutating operations carry the unconditional forwarding
 // flags; the creds read does not, so that standbys serve cached tokens themselves.
 func TestHA_ForwardingFlags(t *testing.T) {
@@ -418,25 +342,6 @@ func TestHA_InvalidationReschedules(t *testing.T) {
 		t.Errorf("the node's background made %d provider calls and the session %d logins; want its keep-alive and 1 login",
 			sim.backgroundCalls(), p.calls(grantPassword))
 	}
-}
-
-// gatedStorage holds the first Get of key, after reading it, until release is closed.
-type gatedStorage struct {
-	logical.Storage
-	key              string
-	entered, release chan struct{}
-	once             sync.Once
-}
-
-func (s *gatedStorage) Get(ctx context.Context, key string) (*logical.StorageEntry, error) {
-	entry, err := s.Storage.Get(ctx, key)
-	if key == s.key {
-		s.once.Do(func() {
-			close(s.entered)
-			<-s.release
-		})
-	}
-	return entry, err
 }
 
 // TestHA_InvalidationDuringLoad: a load that read storage before an invalidation is not

@@ -3,14 +3,23 @@ package bearer
 import (
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/base64"
 	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"math/big"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -570,4 +579,583 @@ func respText(resp *logical.Response) string {
 	}
 	b, _ := json.Marshal(resp)
 	return string(b)
+}
+
+// hookFunc answers a token request in place of the fake provider (returns true) or
+// lets it through (returns false).
+type hookFunc = func(w http.ResponseWriter, r *http.Request, form url.Values) bool
+
+// reply is a hook that answers the requests of one grant ("" for all) with a fixed
+// status, content type, body and header pairs.
+func reply(grant string, status int, contentType, body string, header ...string) func(*fakeProvider) hookFunc {
+	return func(*fakeProvider) hookFunc {
+		return func(w http.ResponseWriter, r *http.Request, form url.Values) bool {
+			if grant != "" && form.Get("grant_type") != grant {
+				return false
+			}
+			for i := 0; i+1 < len(header); i += 2 {
+				w.Header().Set(header[i], header[i+1])
+			}
+			if contentType != "" {
+				w.Header().Set("Content-Type", contentType)
+			}
+			w.WriteHeader(status)
+			_, _ = w.Write([]byte(body))
+			return true
+		}
+	}
+}
+
+// resetConn drops the connection of a request that was read, with a TCP reset.
+func resetConn(w http.ResponseWriter) {
+	conn, _, err := w.(http.Hijacker).Hijack()
+	if err != nil {
+		panic(err)
+	}
+	raw := conn
+	if tc, ok := conn.(*tls.Conn); ok {
+		raw = tc.NetConn()
+	}
+	if tcp, ok := raw.(*net.TCPConn); ok {
+		_ = tcp.SetLinger(0)
+	}
+	_ = raw.Close()
+}
+
+// refusedURL is a token URL on a loopback port where nothing listens.
+func refusedURL(tb testing.TB) string {
+	tb.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	_ = ln.Close()
+	return "https://" + addr + "/oauth2/token"
+}
+
+// otherCAPEM is a CA certificate that did not sign the fake provider's certificate.
+func otherCAPEM(tb testing.TB) string {
+	tb.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(1),
+		Subject:               pkix.Name{CommonName: "another test CA"},
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().Add(time.Hour),
+		IsCA:                  true,
+		BasicConstraintsValid: true,
+		KeyUsage:              x509.KeyUsageCertSign,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}))
+}
+
+// consume uses a refresh token as a refresh would, issuing a successor that never
+// reaches the client. It reports whether the token was live.
+func (p *fakeProvider) consume(rt string) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !p.live[rt] {
+		return false
+	}
+	delete(p.live, rt)
+	p.issued++
+	next := fmt.Sprintf("rt-%s-%d-%s", p.style, p.issued, strings.Repeat("r", 8))
+	p.live[next] = true
+	p.everIssued = append(p.everIssued, next)
+	return true
+}
+
+// forgetSessions makes every refresh token dead, as a provider restart would.
+func (p *fakeProvider) forgetSessions() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.live = map[string]bool{}
+}
+
+// newest is the last refresh token the provider issued.
+func (p *fakeProvider) newest() string {
+	rts := p.refreshTokens()
+	if len(rts) == 0 {
+		return ""
+	}
+	return rts[len(rts)-1]
+}
+
+// assertNoRefreshReuse fails when a refresh token was presented more than once.
+func (p *fakeProvider) assertNoRefreshReuse(tb testing.TB) {
+	tb.Helper()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	seen := map[string]bool{}
+	for _, r := range p.requests {
+		if r.grant != grantRefresh {
+			continue
+		}
+		rt := r.form.Get("refresh_token")
+		if seen[rt] {
+			tb.Errorf("refresh token %q was presented again", rt)
+		}
+		seen[rt] = true
+	}
+}
+
+// pauseLog records the client's retry pauses, which take no time in tests.
+type pauseLog struct {
+	mu     sync.Mutex
+	pauses []time.Duration
+}
+
+func (l *pauseLog) reset() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.pauses = nil
+}
+
+func (l *pauseLog) len() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.pauses)
+}
+
+// recordPauses makes the backend record its retry pauses. Call it before the first
+// token request: clients keep the sleep function they were built with.
+func (e *testEnv) recordPauses() *pauseLog {
+	l := &pauseLog{}
+	e.b.sleep = func(ctx context.Context, d time.Duration) error {
+		l.mu.Lock()
+		l.pauses = append(l.pauses, d)
+		l.mu.Unlock()
+		return ctx.Err()
+	}
+	return l
+}
+
+// storedRejection reads the rejection recorded for a connection; nil when none.
+func (e *testEnv) storedRejection(tb testing.TB, conn string) *rejection {
+	tb.Helper()
+	a := new(accountEntry)
+	if _, err := getJSON(context.Background(), e.storage.Storage, accountPrefix+conn, a); err != nil {
+		tb.Fatal(err)
+	}
+	return a.Rejection
+}
+
+// storedSession reads tokens/<role> from storage; an empty entry when there is none.
+func (e *testEnv) storedSession(tb testing.TB, role string) *sessionEntry {
+	tb.Helper()
+	sess, _, err := readSession(context.Background(), e.storage.Storage, role)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if sess == nil {
+		sess = &sessionEntry{}
+	}
+	return sess
+}
+
+// errorText is the error of a request, "" when it succeeded.
+func errorText(resp *logical.Response, err error) string {
+	switch {
+	case err != nil:
+		return err.Error()
+	case resp != nil && resp.IsError():
+		return resp.Error().Error()
+	}
+	if status, msg := rawErrorOf(resp); status != 0 {
+		return msg
+	}
+	return ""
+}
+
+// rawErrorOf reads an error answer with its own status (rawError): its status and its
+// one message; 0 when resp is not one.
+func rawErrorOf(resp *logical.Response) (int, string) {
+	if resp == nil || resp.Data == nil {
+		return 0, ""
+	}
+	status, ok := resp.Data[logical.HTTPStatusCode].(int)
+	if !ok {
+		return 0, ""
+	}
+	var body struct {
+		Errors []string `json:"errors"`
+	}
+	raw, _ := resp.Data[logical.HTTPRawBody].([]byte)
+	if err := json.Unmarshal(raw, &body); err != nil || len(body.Errors) != 1 {
+		return status, fmt.Sprintf("malformed raw error body %q", raw)
+	}
+	return status, body.Errors[0]
+}
+
+// newSession is a backend with a fake Mindbaz provider, the connection "conn" and the
+// role "app", after a first creds read whose data it returns; retry pauses are recorded.
+func newSession(tb testing.TB) (*testEnv, *fakeProvider, *pauseLog, map[string]any) {
+	tb.Helper()
+	env := getTestBackend(tb)
+	pauses := env.recordPauses()
+	p := newFakeProvider(tb, "mindbaz", env.clock)
+	env.setup(tb, p, nil, nil)
+	return env, p, pauses, env.readCreds(tb, "app").Data
+}
+
+// advanceTo moves the clock forward to t.
+func advanceTo(c *testClock, t time.Time) {
+	c.Add(t.Sub(c.Now()))
+}
+
+// withMindbaz starts a Mindbaz-like provider whose access tokens live accessTTL (0:
+// 1199 s) and writes connection "conn" (verify=false unless conn says) and role "app".
+func withMindbaz(tb testing.TB, env *testEnv, accessTTL time.Duration, conn, role map[string]any) *fakeProvider {
+	tb.Helper()
+	p := newFakeProvider(tb, "mindbaz", env.clock)
+	if accessTTL > 0 {
+		p.accessTTL = accessTTL
+	}
+	data := map[string]any{"verify": false}
+	for k, v := range conn {
+		data[k] = v
+	}
+	env.setup(tb, p, data, role)
+	return p
+}
+
+// rollback runs Vault's periodic function once, through HandleRequest as Vault's
+// rollback manager does.
+func (e *testEnv) rollback() error {
+	_, err := e.b.HandleRequest(context.Background(), &logical.Request{Operation: logical.RollbackOperation, Storage: e.storage})
+	return err
+}
+
+// runPeriodic runs Vault's periodic function and waits for the background work it
+// started.
+func (e *testEnv) runPeriodic(tb testing.TB) {
+	tb.Helper()
+	if err := e.rollback(); err != nil {
+		tb.Fatalf("periodic function: %v", err)
+	}
+	e.b.bg.wait()
+}
+
+// periodicAsync runs the periodic function in a goroutine; the channel is closed when
+// it returns.
+func (e *testEnv) periodicAsync(tb testing.TB) <-chan struct{} {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := e.rollback(); err != nil {
+			tb.Errorf("periodic function: %v", err)
+		}
+	}()
+	return done
+}
+
+// readToken reads creds/app and returns the access token, or nil after reporting the
+// failure. Safe in a goroutine.
+func (e *testEnv) readToken(tb testing.TB) any {
+	resp, err := e.b.HandleRequest(context.Background(), &logical.Request{
+		Operation: logical.ReadOperation, Path: "creds/app", Storage: e.storage, MountPoint: "bearer/",
+	})
+	if err != nil || resp.IsError() {
+		tb.Errorf("read creds/app: %v %v", err, resp)
+		return nil
+	}
+	return resp.Data["access_token"]
+}
+
+// readAsync runs readToken in a goroutine.
+func (e *testEnv) readAsync(tb testing.TB) <-chan any {
+	out := make(chan any, 1)
+	go func() { out <- e.readToken(tb) }()
+	return out
+}
+
+// seedRoles writes n roles with fresh sessions straight to storage, none of them read:
+// the background keeps them for their keep-alive point, days away.
+func seedRoles(tb testing.TB, env *testEnv, n int) {
+	tb.Helper()
+	ctx := context.Background()
+	_, conn, err := env.b.connection(ctx, env.storage, "conn")
+	if err != nil || conn == nil {
+		tb.Fatalf("connection: %v", err)
+	}
+	now := env.clock.Now()
+	for i := range n {
+		name := fmt.Sprintf("role-%05d", i)
+		role := &roleEntry{Config: "conn", MinTTL: defaultMinTTL, BackgroundRefresh: true}
+		sess := &sessionEntry{
+			Format: sessionFormat, Revision: 1,
+			Account: sessionAccount{Config: "conn", AccountVersion: conn.AccountVersion},
+			Tokens: sessionTokens{
+				AccessToken: "at-" + name, TokenType: "Bearer", ObtainedAt: now, ExpiresAt: now.Add(20 * time.Minute),
+				Grant: grantPassword, RefreshToken: "rt-" + name, RefreshExpiresAt: now.Add(168 * time.Hour),
+			},
+		}
+		if err := putJSON(ctx, env.storage.Storage, rolePrefix+name, role); err != nil {
+			tb.Fatal(err)
+		}
+		if err := putJSON(ctx, env.storage.Storage, tokenPrefix+name, sess); err != nil {
+			tb.Fatal(err)
+		}
+	}
+}
+
+// newSeededEnv is a backend with n seeded roles and its schedule built.
+func newSeededEnv(tb testing.TB, n int) (*testEnv, *fakeProvider) {
+	tb.Helper()
+	env := getTestBackend(tb)
+	p := newFakeProvider(tb, "mindbaz", env.clock)
+	env.mustOK(tb, logical.UpdateOperation, "config/conn", map[string]any{
+		"provider": "mindbaz", "token_url": p.tokenURL(), "ca_cert": p.caPEM(),
+		"username": testUsername, "password": testPassword, "verify": false,
+	})
+	seedRoles(tb, env, n)
+	env.runPeriodic(tb)
+	if got := env.b.bg.sched.len(); got != n {
+		tb.Fatalf("schedule built with %d roles, want %d", got, n)
+	}
+	return env, p
+}
+
+// burstReads starts n reads of creds/app together and returns the tokens they got.
+func burstReads(tb testing.TB, env *testEnv, n int) []any {
+	tb.Helper()
+	tokens := make([]any, n)
+	start := make(chan struct{})
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			tokens[i] = env.readToken(tb)
+		}()
+	}
+	close(start)
+	wg.Wait()
+	return tokens
+}
+
+// holdRefresh makes the provider hold refresh requests until the returned release
+// function is called; received fires when the first one arrives.
+func holdRefresh(p *fakeProvider) (received <-chan struct{}, release func()) {
+	got := make(chan struct{}, 1)
+	hold := make(chan struct{})
+	p.mu.Lock()
+	p.refreshDelay = hold
+	p.mu.Unlock()
+	p.setHook(func(_ http.ResponseWriter, _ *http.Request, form url.Values) bool {
+		if form.Get("grant_type") == grantRefresh {
+			select {
+			case got <- struct{}{}:
+			default:
+			}
+		}
+		return false
+	})
+	return got, func() { close(hold) }
+}
+
+// failStorageOnRefresh makes the engine's storage fail writes once a refresh grant
+// reaches the provider: the write-ahead mark is stored, what follows is not.
+func failStorageOnRefresh(p *fakeProvider, fail func()) {
+	p.setHook(func(_ http.ResponseWriter, _ *http.Request, form url.Values) bool {
+		if form.Get("grant_type") == grantRefresh {
+			fail()
+		}
+		return false
+	})
+}
+
+// switchableStorage answers writes with Vault's read-only error once readOnly is set,
+// as a node's storage does after it lost leadership.
+type switchableStorage struct {
+	logical.Storage
+	readOnly atomic.Bool
+}
+
+func (s *switchableStorage) Put(ctx context.Context, e *logical.StorageEntry) error {
+	if s.readOnly.Load() {
+		return errors.New(logical.ErrReadOnly.Error())
+	}
+	return s.Storage.Put(ctx, e)
+}
+
+// waitForGoroutines returns once n goroutines are blocked in a function whose frame
+// contains fn, with a state starting with state ("select", "chan receive").
+func waitForGoroutines(tb testing.TB, n int, state, fn string) {
+	tb.Helper()
+	buf := make([]byte, 4<<20)
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		got := 0
+		stack := buf[:runtime.Stack(buf, true)]
+		for _, g := range strings.Split(string(stack), "\n\n") {
+			if strings.Contains(g, " ["+state) && strings.Contains(g, fn) {
+				got++
+			}
+		}
+		if got >= n {
+			return
+		}
+		runtime.Gosched()
+	}
+	tb.Fatalf("fewer than %d goroutines wait in %s", n, fn)
+}
+
+// waitFor polls cond until it holds, failing the test after 30 seconds.
+func waitFor(tb testing.TB, what string, cond func() bool) {
+	tb.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			tb.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// holdLogins makes the provider hold password grants until release is called; arrived
+// counts those that reached it.
+func holdLogins(p *fakeProvider) (arrived *atomic.Int32, release func()) {
+	arrived = &atomic.Int32{}
+	hold := make(chan struct{})
+	var once sync.Once
+	p.setHook(func(_ http.ResponseWriter, _ *http.Request, form url.Values) bool {
+		if form.Get("grant_type") == grantPassword {
+			arrived.Add(1)
+			<-hold
+		}
+		return false
+	})
+	return arrived, func() { once.Do(func() { close(hold) }) }
+}
+
+// readRolesAsync reads creds of every role at once; the channel gets each read's error
+// text ("" on success) when it is done.
+func readRolesAsync(env *testEnv, roles []string) <-chan string {
+	out := make(chan string, len(roles))
+	for _, role := range roles {
+		go func() {
+			resp, err := env.b.HandleRequest(context.Background(), &logical.Request{
+				Operation: logical.ReadOperation, Path: "creds/" + role, Storage: env.storage, MountPoint: "bearer/",
+			})
+			out <- errorText(resp, err)
+		}()
+	}
+	return out
+}
+
+// hangUntilGivenUp makes the provider hold every token request until the client gives
+// up (request_timeout); it counts them.
+func hangUntilGivenUp(p *fakeProvider) *atomic.Int32 {
+	n := &atomic.Int32{}
+	p.setHook(func(_ http.ResponseWriter, r *http.Request, _ url.Values) bool {
+		n.Add(1)
+		<-r.Context().Done()
+		return true
+	})
+	return n
+}
+
+// recordingStorage passes everything through and records the keys written or deleted,
+// so that a test can invalidate them on another node as Vault does; with onWrite set,
+// it calls it with each key right after the write.
+type recordingStorage struct {
+	logical.Storage
+
+	// mu guards keys and onWrite.
+	mu      sync.Mutex
+	keys    []string
+	onWrite func(key string)
+}
+
+func (s *recordingStorage) Put(ctx context.Context, e *logical.StorageEntry) error {
+	if err := s.Storage.Put(ctx, e); err != nil {
+		return err
+	}
+	s.record(e.Key)
+	return nil
+}
+
+func (s *recordingStorage) Delete(ctx context.Context, key string) error {
+	if err := s.Storage.Delete(ctx, key); err != nil {
+		return err
+	}
+	s.record(key)
+	return nil
+}
+
+func (s *recordingStorage) record(key string) {
+	s.mu.Lock()
+	s.keys = append(s.keys, key)
+	onWrite := s.onWrite
+	s.mu.Unlock()
+	if onWrite != nil {
+		onWrite(key)
+	}
+}
+
+// drain returns the keys written since the last call.
+func (s *recordingStorage) drain() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	keys := s.keys
+	s.keys = nil
+	return keys
+}
+
+// readOnlyStorage is storage as a standby sees it: reads pass, writes fail with Vault's
+// read-only error, which reaches a plugin over gRPC as plain text.
+type readOnlyStorage struct{ logical.Storage }
+
+func (readOnlyStorage) Put(context.Context, *logical.StorageEntry) error {
+	return errors.New(logical.ErrReadOnly.Error())
+}
+
+func (readOnlyStorage) Delete(context.Context, string) error {
+	return errors.New(logical.ErrReadOnly.Error())
+}
+
+// newRecordedEnv is a test backend whose storage writes are recorded.
+func newRecordedEnv(tb testing.TB) (*testEnv, *recordingStorage) {
+	tb.Helper()
+	rec := &recordingStorage{Storage: &logical.InmemStorage{}}
+	env := &testEnv{storage: &testStorage{Storage: rec}, clock: newTestClock(), logs: &syncBuffer{}}
+	env.start(tb)
+	return env, rec
+}
+
+// newNode starts another node's backend over storage, on env's clock.
+func newNode(tb testing.TB, env *testEnv, storage logical.Storage) *testEnv {
+	tb.Helper()
+	node := &testEnv{storage: &testStorage{Storage: storage}, clock: env.clock, logs: env.logs}
+	node.start(tb)
+	return node
+}
+
+// gatedStorage holds the first Get of key, after reading it, until release is closed.
+type gatedStorage struct {
+	logical.Storage
+	key              string
+	entered, release chan struct{}
+	once             sync.Once
+}
+
+func (s *gatedStorage) Get(ctx context.Context, key string) (*logical.StorageEntry, error) {
+	entry, err := s.Storage.Get(ctx, key)
+	if key == s.key {
+		s.once.Do(func() {
+			close(s.entered)
+			<-s.release
+		})
+	}
+	return entry, err
 }

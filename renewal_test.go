@@ -6,10 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
-	"runtime"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -101,17 +98,6 @@ func TestDecide(t *testing.T) {
 	}
 }
 
-// failStorageOnRefresh makes the engine's storage fail writes once a refresh grant
-// reaches the provider: the write-ahead mark is stored, what follows is not.
-func failStorageOnRefresh(p *fakeProvider, fail func()) {
-	p.setHook(func(_ http.ResponseWriter, _ *http.Request, form url.Values) bool {
-		if form.Get("grant_type") == grantRefresh {
-			fail()
-		}
-		return false
-	})
-}
-
 // TestRenewal_SaveFailsAfterRefresh (R2): the refresh succeeds but its save fails;
 // after a restart on the same storage the next renewal logs in and the spent refresh
 // token is never presented again.
@@ -141,20 +127,6 @@ func TestRenewal_SaveFailsAfterRefresh(t *testing.T) {
 		t.Errorf("the next renewal made %d refreshes, want 1", p.calls(grantRefresh)-refreshes)
 	}
 	p.assertNoRefreshReuse(t)
-}
-
-// switchableStorage answers writes with Vault's read-only error once readOnly is set,
-// as a node's storage does after it lost leadership.
-type switchableStorage struct {
-	logical.Storage
-	readOnly atomic.Bool
-}
-
-func (s *switchableStorage) Put(ctx context.Context, e *logical.StorageEntry) error {
-	if s.readOnly.Load() {
-		return errors.New(logical.ErrReadOnly.Error())
-	}
-	return s.Storage.Put(ctx, e)
 }
 
 // TestRenewal_LeadershipLostDuringRefresh (R2): the node loses leadership while its
@@ -254,71 +226,6 @@ func TestRenewal_LegacySession(t *testing.T) {
 	if rej := env.storedRejection(t, "conn"); rej == nil || !rej.At.Equal(rejectedAt) {
 		t.Errorf("the connection's rejection record = %+v, want the adopted one", rej)
 	}
-}
-
-// waitForGoroutines returns once n goroutines are blocked in a function whose frame
-// contains fn, with a state starting with state ("select", "chan receive").
-func waitForGoroutines(tb testing.TB, n int, state, fn string) {
-	tb.Helper()
-	buf := make([]byte, 4<<20)
-	deadline := time.Now().Add(30 * time.Second)
-	for time.Now().Before(deadline) {
-		got := 0
-		stack := buf[:runtime.Stack(buf, true)]
-		for _, g := range strings.Split(string(stack), "\n\n") {
-			if strings.Contains(g, " ["+state) && strings.Contains(g, fn) {
-				got++
-			}
-		}
-		if got >= n {
-			return
-		}
-		runtime.Gosched()
-	}
-	tb.Fatalf("fewer than %d goroutines wait in %s", n, fn)
-}
-
-// waitFor polls cond until it holds, failing the test after 30 seconds.
-func waitFor(tb testing.TB, what string, cond func() bool) {
-	tb.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			tb.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(time.Millisecond)
-	}
-}
-
-// holdLogins makes the provider hold password grants until release is called; arrived
-// counts those that reached it.
-func holdLogins(p *fakeProvider) (arrived *atomic.Int32, release func()) {
-	arrived = &atomic.Int32{}
-	hold := make(chan struct{})
-	var once sync.Once
-	p.setHook(func(_ http.ResponseWriter, _ *http.Request, form url.Values) bool {
-		if form.Get("grant_type") == grantPassword {
-			arrived.Add(1)
-			<-hold
-		}
-		return false
-	})
-	return arrived, func() { once.Do(func() { close(hold) }) }
-}
-
-// readRolesAsync reads creds of every role at once; the channel gets each read's error
-// text ("" on success) when it is done.
-func readRolesAsync(env *testEnv, roles []string) <-chan string {
-	out := make(chan string, len(roles))
-	for _, role := range roles {
-		go func() {
-			resp, err := env.b.HandleRequest(context.Background(), &logical.Request{
-				Operation: logical.ReadOperation, Path: "creds/" + role, Storage: env.storage, MountPoint: "bearer/",
-			})
-			out <- errorText(resp, err)
-		}()
-	}
-	return out
 }
 
 // TestRenewal_OneLoginGoesAlone (L1): ten roles of one connection need a login at the
@@ -511,18 +418,6 @@ func TestRenewal_ClockAfterTheAnswer(t *testing.T) {
 	if resp != nil && resp.Data["expires_in"] != nil {
 		t.Errorf("expires_in %v", resp.Data["expires_in"])
 	}
-}
-
-// hangUntilGivenUp makes the provider hold every token request until the client gives
-// up (request_timeout); it counts them.
-func hangUntilGivenUp(p *fakeProvider) *atomic.Int32 {
-	n := &atomic.Int32{}
-	p.setHook(func(_ http.ResponseWriter, r *http.Request, _ url.Values) bool {
-		n.Add(1)
-		<-r.Context().Done()
-		return true
-	})
-	return n
 }
 
 // TestRenewal_HangingProviderOneAttempt: while the provider hangs until request_timeout,

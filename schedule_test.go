@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
-	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -14,72 +13,6 @@ import (
 
 	"github.com/hashicorp/vault/sdk/logical"
 )
-
-// withMindbaz starts a Mindbaz-like provider whose access tokens live accessTTL (0:
-// 1199 s) and writes connection "conn" (verify=false unless conn says) and role "app".
-func withMindbaz(tb testing.TB, env *testEnv, accessTTL time.Duration, conn, role map[string]any) *fakeProvider {
-	tb.Helper()
-	p := newFakeProvider(tb, "mindbaz", env.clock)
-	if accessTTL > 0 {
-		p.accessTTL = accessTTL
-	}
-	data := map[string]any{"verify": false}
-	for k, v := range conn {
-		data[k] = v
-	}
-	env.setup(tb, p, data, role)
-	return p
-}
-
-// rollback runs Vault's periodic function once, through HandleRequest as Vault's
-// rollback manager does.
-func (e *testEnv) rollback() error {
-	_, err := e.b.HandleRequest(context.Background(), &logical.Request{Operation: logical.RollbackOperation, Storage: e.storage})
-	return err
-}
-
-// runPeriodic runs Vault's periodic function and waits for the background work it
-// started.
-func (e *testEnv) runPeriodic(tb testing.TB) {
-	tb.Helper()
-	if err := e.rollback(); err != nil {
-		tb.Fatalf("periodic function: %v", err)
-	}
-	e.b.bg.wait()
-}
-
-// periodicAsync runs the periodic function in a goroutine; the channel is closed when
-// it returns.
-func (e *testEnv) periodicAsync(tb testing.TB) <-chan struct{} {
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		if err := e.rollback(); err != nil {
-			tb.Errorf("periodic function: %v", err)
-		}
-	}()
-	return done
-}
-
-// readToken reads creds/app and returns the access token, or nil after reporting the
-// failure. Safe in a goroutine.
-func (e *testEnv) readToken(tb testing.TB) any {
-	resp, err := e.b.HandleRequest(context.Background(), &logical.Request{
-		Operation: logical.ReadOperation, Path: "creds/app", Storage: e.storage, MountPoint: "bearer/",
-	})
-	if err != nil || resp.IsError() {
-		tb.Errorf("read creds/app: %v %v", err, resp)
-		return nil
-	}
-	return resp.Data["access_token"]
-}
-
-// readAsync runs readToken in a goroutine.
-func (e *testEnv) readAsync(tb testing.TB) <-chan any {
-	out := make(chan any, 1)
-	go func() { out <- e.readToken(tb) }()
-	return out
-}
 
 // schedSim drives a role ("app") over fake time: a creds read every readEvery (0: only
 // the first read), Vault's periodic function every tickEvery on every node, and counts
@@ -549,53 +482,6 @@ func TestPeriodic_BackgroundRefreshOff(t *testing.T) {
 	}
 }
 
-// seedRoles writes n roles with fresh sessions straight to storage, none of them read:
-// the background keeps them for their keep-alive point, days away.
-func seedRoles(tb testing.TB, env *testEnv, n int) {
-	tb.Helper()
-	ctx := context.Background()
-	_, conn, err := env.b.connection(ctx, env.storage, "conn")
-	if err != nil || conn == nil {
-		tb.Fatalf("connection: %v", err)
-	}
-	now := env.clock.Now()
-	for i := range n {
-		name := fmt.Sprintf("role-%05d", i)
-		role := &roleEntry{Config: "conn", MinTTL: defaultMinTTL, BackgroundRefresh: true}
-		sess := &sessionEntry{
-			Format: sessionFormat, Revision: 1,
-			Account: sessionAccount{Config: "conn", AccountVersion: conn.AccountVersion},
-			Tokens: sessionTokens{
-				AccessToken: "at-" + name, TokenType: "Bearer", ObtainedAt: now, ExpiresAt: now.Add(20 * time.Minute),
-				Grant: grantPassword, RefreshToken: "rt-" + name, RefreshExpiresAt: now.Add(168 * time.Hour),
-			},
-		}
-		if err := putJSON(ctx, env.storage.Storage, rolePrefix+name, role); err != nil {
-			tb.Fatal(err)
-		}
-		if err := putJSON(ctx, env.storage.Storage, tokenPrefix+name, sess); err != nil {
-			tb.Fatal(err)
-		}
-	}
-}
-
-// newSeededEnv is a backend with n seeded roles and its schedule built.
-func newSeededEnv(tb testing.TB, n int) (*testEnv, *fakeProvider) {
-	tb.Helper()
-	env := getTestBackend(tb)
-	p := newFakeProvider(tb, "mindbaz", env.clock)
-	env.mustOK(tb, logical.UpdateOperation, "config/conn", map[string]any{
-		"provider": "mindbaz", "token_url": p.tokenURL(), "ca_cert": p.caPEM(),
-		"username": testUsername, "password": testPassword, "verify": false,
-	})
-	seedRoles(tb, env, n)
-	env.runPeriodic(tb)
-	if got := env.b.bg.sched.len(); got != n {
-		tb.Fatalf("schedule built with %d roles, want %d", got, n)
-	}
-	return env, p
-}
-
 // TestPeriodic_NothingDueTouchesNothing: once the schedule is built, runs with nothing
 // due make no storage operation and no provider call, also past the renewal points of
 // tokens nobody reads: idle sessions wait for their keep-alive point.
@@ -610,24 +496,6 @@ func TestPeriodic_NothingDueTouchesNothing(t *testing.T) {
 	if got := env.storage.ops() - ops; got != 0 || p.calls("") != 0 || env.b.bg.sched.len() != roles {
 		t.Errorf("30 runs with nothing due made %d storage operations and %d provider calls; %d roles scheduled", got, p.calls(""), env.b.bg.sched.len())
 	}
-}
-
-// waitForFlightWaiter returns once a goroutine waits in renewFor for a renewal that
-// another one runs.
-func waitForFlightWaiter(tb testing.TB) {
-	tb.Helper()
-	buf := make([]byte, 1<<20)
-	deadline := time.Now().Add(30 * time.Second)
-	for time.Now().Before(deadline) {
-		n := runtime.Stack(buf, true)
-		for _, g := range strings.Split(string(buf[:n]), "\n\n") {
-			if strings.Contains(g, " [select") && strings.Contains(g, "(*backend).renewFor(") {
-				return
-			}
-		}
-		runtime.Gosched()
-	}
-	tb.Fatal("no goroutine waits for a renewal in flight")
 }
 
 // TestPeriodic_SharesTheRenewal: a read and a background renewal of the same expiry
@@ -659,7 +527,7 @@ func TestPeriodic_SharesTheRenewal(t *testing.T) {
 			} else {
 				read = env.readAsync(t)
 			}
-			waitForFlightWaiter(t)
+			waitForGoroutines(t, 1, "select", "(*backend).renewFor(")
 			release()
 			<-periodic
 			got := <-read
@@ -675,25 +543,6 @@ func TestPeriodic_SharesTheRenewal(t *testing.T) {
 			}
 		})
 	}
-}
-
-// burstReads starts n reads of creds/app together and returns the tokens they got.
-func burstReads(tb testing.TB, env *testEnv, n int) []any {
-	tb.Helper()
-	tokens := make([]any, n)
-	start := make(chan struct{})
-	var wg sync.WaitGroup
-	for i := range n {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			<-start
-			tokens[i] = env.readToken(tb)
-		}()
-	}
-	close(start)
-	wg.Wait()
-	return tokens
 }
 
 // TestBurst: 1,000 concurrent reads at the moment a token expires, with a periodic run

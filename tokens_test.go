@@ -10,26 +10,6 @@ import (
 	"github.com/hashicorp/vault/sdk/logical"
 )
 
-// holdRefresh makes the provider hold refresh requests until the returned release
-// function is called; received fires when the first one arrives.
-func holdRefresh(p *fakeProvider) (received <-chan struct{}, release func()) {
-	got := make(chan struct{}, 1)
-	hold := make(chan struct{})
-	p.mu.Lock()
-	p.refreshDelay = hold
-	p.mu.Unlock()
-	p.setHook(func(_ http.ResponseWriter, _ *http.Request, form url.Values) bool {
-		if form.Get("grant_type") == grantRefresh {
-			select {
-			case got <- struct{}{}:
-			default:
-			}
-		}
-		return false
-	})
-	return got, func() { close(hold) }
-}
-
 // TestTokens_ReaderGoneDuringRefresh: a reader that disconnects while the provider
 // rotates the refresh token does not lose the new one: the renewal completes and is
 // saved, and nobody logs in again.
