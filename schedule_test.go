@@ -8,6 +8,7 @@ import (
 	"net/url"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -779,4 +780,50 @@ func TestPeriodic_ConcurrentWithinBounds(t *testing.T) {
 		t.Errorf("%d refreshes for %d due roles, want each once", got, roles)
 	}
 	p.assertNoRefreshReuse(t)
+}
+
+// TestPeriodic_HangingProviderIsolated: one connection's provider hangs; the background
+// renewals of another connection's roles go on meanwhile, and the hanging one holds at
+// most its own max_concurrent_requests workers.
+func TestPeriodic_HangingProviderIsolated(t *testing.T) {
+	env := getTestBackend(t)
+	good := newFakeProvider(t, "mindbaz", env.clock)
+	bad := newFakeProvider(t, "mindbaz", env.clock)
+	env.setup(t, good, map[string]any{"verify": false}, nil)
+	data := bad.connData()
+	data["verify"], data["request_timeout"], data["max_concurrent_requests"] = false, "30s", 2
+	env.mustOK(t, logical.UpdateOperation, "config/bad", data)
+	var stuck []string
+	for i := range 5 {
+		name := fmt.Sprintf("stuck%d", i)
+		stuck = append(stuck, name)
+		env.mustOK(t, logical.UpdateOperation, "roles/"+name, map[string]any{"config": "bad"})
+		env.readCreds(t, name)
+	}
+	env.readCreds(t, "app")
+	hang := make(chan struct{})
+	var hung atomic.Int32
+	bad.setHook(func(_ http.ResponseWriter, r *http.Request, _ url.Values) bool {
+		hung.Add(1)
+		select {
+		case <-hang:
+		case <-r.Context().Done():
+		}
+		return true
+	})
+	// Every role past its renewal point, still readable: the periodic call sends them
+	// all to the background.
+	env.clock.mu.Lock()
+	env.clock.now = env.clock.now.Add(17*time.Minute + 10*time.Second)
+	env.clock.mu.Unlock()
+	if err := env.rollback(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the good connection's renewal", func() bool { return good.calls(grantRefresh) == 1 })
+	waitFor(t, "the hanging provider's two requests", func() bool { return hung.Load() == 2 })
+	if n := hung.Load(); n != 2 {
+		t.Errorf("%d requests at the hanging provider, want its max_concurrent_requests, 2", n)
+	}
+	close(hang)
+	env.b.bg.wait()
 }

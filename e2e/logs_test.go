@@ -55,6 +55,20 @@ func TestNoSecretsInLogs(t *testing.T) {
 	}
 	assertCounts(t, p, before, provider.Counts{PasswordFailed: 1}, "config write with a wrong password")
 
+	// Saved anyway, a read fails: one clear message with HTTP 502, not Vault's list
+	// of errors, through the CLI and the HTTP API.
+	s.MustCLI("write", "bearer/config/bad", "token_url="+p.TokenURL(), "client_id=pub-client", "username=demo", "password="+wrong, "verify=false")
+	s.MustCLI("write", "bearer/roles/bad", "config=bad")
+	_, errOut, err = s.CLI(s.Token, "read", "bearer/creds/bad")
+	if err == nil || !strings.Contains(errOut, "Code: 502") || strings.Contains(errOut, "error occurred") ||
+		!strings.Contains(errOut, `connection "bad" rejected the credentials of user "demo"`) {
+		t.Errorf("a read whose login is rejected, through the CLI: %v\n%s", err, errOut)
+	}
+	resp, err := s.Do("GET", "/v1/bearer/creds/bad", s.Token, nil)
+	if err != nil || resp.Status != 502 || len(resp.Errors) != 1 || !strings.Contains(resp.Errors[0], "no login is tried before") {
+		t.Errorf("the same over HTTP: %v %v", err, resp)
+	}
+
 	// A public client, and a confidential client using HTTP Basic, with
 	// revocation when tokens are forgotten.
 	writeConfig(sc, s, "pub", "revocation_url="+p.RevokeURL())
