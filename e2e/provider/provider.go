@@ -78,15 +78,9 @@ type Config struct {
 	// with HTTP Basic authentication.
 	ConfidentialClientID     string
 	ConfidentialClientSecret string
-	// JWTClientID and JWTClientKey, when both set, add a confidential client
-	// that authenticates with private_key_jwt (RFC 7523): client_id in the
-	// form, and a client assertion signed by the private half of JWTClientKey
-	// (an *rsa.PublicKey for RS256, a P-256 *ecdsa.PublicKey for ES256),
-	// registered under key ID JWTClientKeyID (none if empty). It may use the
-	// client_credentials and refresh_token grants.
-	JWTClientID    string
-	JWTClientKey   crypto.PublicKey
-	JWTClientKeyID string
+	// JWTClients are confidential clients that authenticate with
+	// private_key_jwt (RFC 7523).
+	JWTClients []JWTClient
 	// Username and Password are the only resource owner [demo, demo-password].
 	Username string
 	Password string
@@ -100,6 +94,19 @@ type Config struct {
 	// Logf, when set, receives one line per request: endpoint, grant type,
 	// client and outcome. It never receives a password, secret or token.
 	Logf func(format string, args ...any)
+}
+
+// JWTClient is a confidential client that authenticates with
+// private_key_jwt (RFC 7523): client_id in the form, and a client assertion
+// signed by the private half of Key, with the token endpoint URL as its
+// audience and a jti never used before. It may use the client_credentials
+// and refresh_token grants.
+type JWTClient struct {
+	ID string
+	// Key is an *rsa.PublicKey (the client signs with RS256) or a P-256
+	// *ecdsa.PublicKey (ES256), registered under key ID KeyID (none if empty).
+	Key   crypto.PublicKey
+	KeyID string
 }
 
 // Counts is a snapshot of the requests a Provider has answered.
@@ -325,12 +332,12 @@ func (p *Provider) compose() error {
 			return err
 		}
 	}
-	if cfg.JWTClientID != "" && cfg.JWTClientKey != nil {
-		client, err := jwtClient(cfg)
+	for _, jc := range cfg.JWTClients {
+		client, err := jwtClient(jc, cfg.Scopes)
 		if err != nil {
 			return err
 		}
-		store.Clients[cfg.JWTClientID] = client
+		store.Clients[jc.ID] = client
 	}
 	if err := addConfidential(introspectorID, p.introspectorSecret, fosite.Arguments{}); err != nil {
 		return err
@@ -349,32 +356,32 @@ func (p *Provider) compose() error {
 	return nil
 }
 
-// jwtClient is the private_key_jwt client of cfg: an OpenID Connect client
-// (fosite reads the authentication method and the keys of those only) whose
-// JSON Web Key Set holds cfg.JWTClientKey for signatures.
-func jwtClient(cfg Config) (*fosite.DefaultOpenIDConnectClient, error) {
+// jwtClient is the fosite client of jc: an OpenID Connect client (fosite
+// reads the authentication method and the keys of those only) whose JSON Web
+// Key Set holds jc.Key for signatures, of the one algorithm the key takes.
+func jwtClient(jc JWTClient, scopes []string) (*fosite.DefaultOpenIDConnectClient, error) {
 	var alg string
-	switch k := cfg.JWTClientKey.(type) {
+	switch k := jc.Key.(type) {
 	case *rsa.PublicKey:
 		alg = "RS256"
 	case *ecdsa.PublicKey:
 		if k.Curve != elliptic.P256() {
-			return nil, errors.New("provider: JWTClientKey: an EC key must be on P-256 (ES256)")
+			return nil, fmt.Errorf("provider: JWT client %q: an EC key must be on P-256 (ES256)", jc.ID)
 		}
 		alg = "ES256"
 	default:
-		return nil, fmt.Errorf("provider: JWTClientKey is a %T, want an *rsa.PublicKey or a P-256 *ecdsa.PublicKey", cfg.JWTClientKey)
+		return nil, fmt.Errorf("provider: JWT client %q: the key is a %T, want an *rsa.PublicKey or a P-256 *ecdsa.PublicKey", jc.ID, jc.Key)
 	}
 	return &fosite.DefaultOpenIDConnectClient{
 		DefaultClient: &fosite.DefaultClient{
-			ID:         cfg.JWTClientID,
+			ID:         jc.ID,
 			GrantTypes: fosite.Arguments{"client_credentials", "refresh_token"},
-			Scopes:     cfg.Scopes,
+			Scopes:     scopes,
 		},
 		TokenEndpointAuthMethod:           "private_key_jwt",
 		TokenEndpointAuthSigningAlgorithm: alg,
 		JSONWebKeys: &jose.JSONWebKeySet{Keys: []jose.JSONWebKey{
-			{Key: cfg.JWTClientKey, KeyID: cfg.JWTClientKeyID, Algorithm: alg, Use: "sig"},
+			{Key: jc.Key, KeyID: jc.KeyID, Algorithm: alg, Use: "sig"},
 		}},
 	}, nil
 }

@@ -225,17 +225,26 @@ func TestJWTClientCredentials(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := newTestProvider(t, Config{JWTClientID: "svc", JWTClientKey: &rsaKey.PublicKey, JWTClientKeyID: "k1"})
+	p := newTestProvider(t, Config{JWTClients: []JWTClient{
+		{ID: "svc", Key: &rsaKey.PublicKey, KeyID: "k1"},
+		{ID: "svc-ec", Key: &ecKey.PublicKey},
+	}})
 
-	assertion := func(key any, alg jose.SignatureAlgorithm, aud, jti string) string {
+	// assertion signs the claims of a client assertion of client id, with
+	// key ID kid (none if empty).
+	assertion := func(key any, alg jose.SignatureAlgorithm, id, kid, aud, jti string) string {
 		t.Helper()
-		signer, err := jose.NewSigner(jose.SigningKey{Algorithm: alg, Key: key}, (&jose.SignerOptions{}).WithHeader("kid", "k1"))
+		opts := &jose.SignerOptions{}
+		if kid != "" {
+			opts = opts.WithHeader("kid", kid)
+		}
+		signer, err := jose.NewSigner(jose.SigningKey{Algorithm: alg, Key: key}, opts)
 		if err != nil {
 			t.Fatal(err)
 		}
 		now := time.Now()
 		raw, err := josejwt.Signed(signer).Claims(josejwt.Claims{
-			Issuer: "svc", Subject: "svc", Audience: josejwt.Audience{aud}, ID: jti,
+			Issuer: id, Subject: id, Audience: josejwt.Audience{aud}, ID: jti,
 			IssuedAt: josejwt.NewNumericDate(now), Expiry: josejwt.NewNumericDate(now.Add(time.Minute)),
 		}).CompactSerialize()
 		if err != nil {
@@ -243,16 +252,16 @@ func TestJWTClientCredentials(t *testing.T) {
 		}
 		return raw
 	}
-	cc := func(a string) url.Values {
+	cc := func(id, a string) url.Values {
 		return url.Values{
-			"grant_type": {"client_credentials"}, "client_id": {"svc"},
+			"grant_type": {"client_credentials"}, "client_id": {id},
 			"client_assertion_type": {"urn:ietf:params:oauth:client-assertion-type:jwt-bearer"},
 			"client_assertion":      {a},
 		}
 	}
 
-	good := assertion(rsaKey, jose.RS256, p.TokenURL(), "jti-1")
-	status, body := post(t, p, cc(good), "", "")
+	good := assertion(rsaKey, jose.RS256, "svc", "k1", p.TokenURL(), "jti-1")
+	status, body := post(t, p, cc("svc", good), "", "")
 	if status != http.StatusOK || body["access_token"] == nil || body["refresh_token"] != nil {
 		t.Fatalf("client credentials: got %d %v; want a token and no refresh token", status, body)
 	}
@@ -270,16 +279,22 @@ func TestJWTClientCredentials(t *testing.T) {
 		want      string
 	}{
 		"replayed jti":   {good, "jti_known"},
-		"another key":    {assertion(mustRSA(t), jose.RS256, p.TokenURL(), "jti-2"), "invalid_client"},
-		"other audience": {assertion(rsaKey, jose.RS256, p.URL(), "jti-3"), "invalid_client"},
-		"ES256":          {assertion(ecKey, jose.ES256, p.TokenURL(), "jti-4"), "invalid_client"},
+		"another key":    {assertion(mustRSA(t), jose.RS256, "svc", "k1", p.TokenURL(), "jti-2"), "invalid_client"},
+		"other audience": {assertion(rsaKey, jose.RS256, "svc", "k1", p.URL(), "jti-3"), "invalid_client"},
+		"ES256":          {assertion(ecKey, jose.ES256, "svc", "k1", p.TokenURL(), "jti-4"), "invalid_client"},
 	} {
-		if status, body := post(t, p, cc(tc.assertion), "", ""); status == http.StatusOK || body["error"] != tc.want {
+		if status, body := post(t, p, cc("svc", tc.assertion), "", ""); status == http.StatusOK || body["error"] != tc.want {
 			t.Errorf("%s: got %d %v, want %s", name, status, body, tc.want)
 		}
 	}
 	if c := p.Counts(); c.ClientCredentialsOK != 1 || c.ClientCredentialsFailed != 4 || c.OtherGrant != 0 || c.TokenCalls() != 5 {
 		t.Fatalf("counts: %+v", c)
+	}
+
+	// The ES256 client, its assertion without kid.
+	ec := assertion(ecKey, jose.ES256, "svc-ec", "", p.TokenURL(), "jti-5")
+	if status, body := post(t, p, cc("svc-ec", ec), "", ""); status != http.StatusOK {
+		t.Fatalf("ES256 client credentials: got %d %v", status, body)
 	}
 	if secrets := strings.Join(p.Secrets(), " "); !strings.Contains(secrets, good) {
 		t.Fatal("Secrets does not hold the client assertions")
