@@ -3,6 +3,7 @@ module github.com/bearer-vault/vault-plugin-secrets-bearer/e2e
 go 1.25.0
 
 require (
+	github.com/go-jose/go-jose/v3 v3.0.3
 	github.com/hashicorp/go-hclog v1.6.3
 	github.com/hashicorp/vault/sdk v0.20.0
 	github.com/ory/fosite v0.49.0
@@ -33,7 +34,6 @@ require (
 	github.com/fatih/color v1.18.0 // indirect
 	github.com/felixge/httpsnoop v1.0.4 // indirect
 	github.com/fsnotify/fsnotify v1.6.0 // indirect
-	github.com/go-jose/go-jose/v3 v3.0.3 // indirect
 	github.com/go-logr/logr v1.4.2 // indirect
 	github.com/go-logr/stdr v1.2.2 // indirect
 	github.com/gobuffalo/pop/v6 v6.1.1 // indirect

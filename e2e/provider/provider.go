@@ -13,6 +13,10 @@
 //   - the main client is public (client_id in the form body, no secret), an
 //     optional confidential client authenticates with client_secret in the
 //     body or with HTTP Basic;
+//   - an optional client authenticates with private_key_jwt (RFC 7523: a
+//     client assertion signed with its private key, each jti accepted once,
+//     the audience the token endpoint URL) and may use grant_type=
+//     client_credentials (which issues no refresh token) and refresh_token;
 //   - POST /oauth2/introspect (RFC 7662) and POST /oauth2/revoke (RFC 7009).
 //
 // Every request is counted by grant type and outcome (see Counts), and the
@@ -20,14 +24,20 @@
 // provider traffic and search logs for leaked secrets. Every refresh token
 // presented is remembered (see PresentedTwice), and refresh grants can be held
 // unanswered on demand (see HoldRefreshes), to crash a client while its refresh
-// is in flight.
+// is in flight. A test can start a session of its own (see SeedSession) and end
+// one (see Revoke).
 package provider
 
 import (
 	"bytes"
 	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/rsa"
 	"crypto/sha256"
+	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -40,6 +50,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/go-jose/go-jose/v3"
 	"github.com/ory/fosite"
 	"github.com/ory/fosite/compose"
 	"github.com/ory/fosite/storage"
@@ -67,6 +78,9 @@ type Config struct {
 	// with HTTP Basic authentication.
 	ConfidentialClientID     string
 	ConfidentialClientSecret string
+	// JWTClients are confidential clients that authenticate with
+	// private_key_jwt (RFC 7523).
+	JWTClients []JWTClient
 	// Username and Password are the only resource owner [demo, demo-password].
 	Username string
 	Password string
@@ -82,6 +96,19 @@ type Config struct {
 	Logf func(format string, args ...any)
 }
 
+// JWTClient is a confidential client that authenticates with
+// private_key_jwt (RFC 7523): client_id in the form, and a client assertion
+// signed by the private half of Key, with the token endpoint URL as its
+// audience and a jti never used before. It may use the client_credentials
+// and refresh_token grants.
+type JWTClient struct {
+	ID string
+	// Key is an *rsa.PublicKey (the client signs with RS256) or a P-256
+	// *ecdsa.PublicKey (ES256), registered under key ID KeyID (none if empty).
+	Key   crypto.PublicKey
+	KeyID string
+}
+
 // Counts is a snapshot of the requests a Provider has answered.
 type Counts struct {
 	PasswordOK          int // password grants that issued tokens
@@ -89,27 +116,39 @@ type Counts struct {
 	RefreshOK           int // refresh grants that issued tokens
 	RefreshInvalidGrant int // refresh grants answered invalid_grant (reuse, unknown, expired)
 	RefreshFailed       int // refresh grants refused with another error
-	OtherGrant          int // token requests with another or no grant_type
-	Introspections      int // introspection requests (any outcome)
-	Revocations         int // revocation requests (any outcome)
+	// client_credentials grants that issued a token, and that were refused
+	// (any error, a rejected client authentication included)
+	ClientCredentialsOK     int
+	ClientCredentialsFailed int
+	OtherGrant              int // token requests with another or no grant_type
+	// SeedSessions are the password grants of SeedSession, the test's own
+	// (any outcome): never in PasswordOK or PasswordFailed.
+	SeedSessions   int
+	Introspections int // introspection requests (any outcome)
+	Revocations    int // revocation requests (any outcome)
 }
 
-// TokenCalls is the number of token endpoint requests of any kind.
+// TokenCalls is the number of token endpoint requests of any kind, the
+// test's own SeedSession logins included.
 func (c Counts) TokenCalls() int {
-	return c.PasswordOK + c.PasswordFailed + c.RefreshOK + c.RefreshInvalidGrant + c.RefreshFailed + c.OtherGrant
+	return c.PasswordOK + c.PasswordFailed + c.RefreshOK + c.RefreshInvalidGrant + c.RefreshFailed +
+		c.ClientCredentialsOK + c.ClientCredentialsFailed + c.OtherGrant + c.SeedSessions
 }
 
 // Sub returns c - o, field by field: the traffic between two snapshots.
 func (c Counts) Sub(o Counts) Counts {
 	return Counts{
-		PasswordOK:          c.PasswordOK - o.PasswordOK,
-		PasswordFailed:      c.PasswordFailed - o.PasswordFailed,
-		RefreshOK:           c.RefreshOK - o.RefreshOK,
-		RefreshInvalidGrant: c.RefreshInvalidGrant - o.RefreshInvalidGrant,
-		RefreshFailed:       c.RefreshFailed - o.RefreshFailed,
-		OtherGrant:          c.OtherGrant - o.OtherGrant,
-		Introspections:      c.Introspections - o.Introspections,
-		Revocations:         c.Revocations - o.Revocations,
+		PasswordOK:              c.PasswordOK - o.PasswordOK,
+		PasswordFailed:          c.PasswordFailed - o.PasswordFailed,
+		RefreshOK:               c.RefreshOK - o.RefreshOK,
+		RefreshInvalidGrant:     c.RefreshInvalidGrant - o.RefreshInvalidGrant,
+		RefreshFailed:           c.RefreshFailed - o.RefreshFailed,
+		ClientCredentialsOK:     c.ClientCredentialsOK - o.ClientCredentialsOK,
+		ClientCredentialsFailed: c.ClientCredentialsFailed - o.ClientCredentialsFailed,
+		OtherGrant:              c.OtherGrant - o.OtherGrant,
+		SeedSessions:            c.SeedSessions - o.SeedSessions,
+		Introspections:          c.Introspections - o.Introspections,
+		Revocations:             c.Revocations - o.Revocations,
 	}
 }
 
@@ -119,11 +158,20 @@ type Event struct {
 	Endpoint  string // token, introspect or revoke
 	GrantType string // for the token endpoint
 	ClientID  string
+	// ClientAuth is how the request authenticated its client: basic (HTTP
+	// Basic), client_secret_post (client_secret in the form),
+	// private_key_jwt (a client assertion), or none (client_id alone).
+	ClientAuth string
+	// Assertion is the client assertion of a private_key_jwt request, as sent
+	// (read without verification: Error says whether fosite accepted it).
+	Assertion *Assertion
 	Status    int
 	Error     string // OAuth2 error code, empty on success
 	// Held is set on a refresh grant that was processed during HoldRefreshes
 	// and answered only at its release.
 	Held bool
+	// Seed is set on the password grant of a SeedSession.
+	Seed bool
 
 	// presented is the hash of the refresh token a refresh grant presented.
 	presented string
@@ -146,17 +194,35 @@ type Provider struct {
 	url    string
 	closed chan struct{}
 
-	// introspectorSecret authenticates the Introspect helper.
+	// introspectorSecret authenticates the Introspect helper; seedMark, sent
+	// in the seedHeader, marks the password grants of SeedSession.
 	introspectorSecret string
+	seedMark           string
 
-	// mu guards counts, events, forms, issued, refreshTokens and hold.
+	// mu guards counts, events, forms, issued, refreshTokens, assertions and hold.
 	mu            sync.Mutex
 	counts        Counts
 	events        []Event
 	forms         []string
 	issued        []Issued
 	refreshTokens []string
+	assertions    []string
 	hold          *hold
+}
+
+// seedHeader carries Provider.seedMark on the requests of SeedSession.
+const seedHeader = "X-E2e-Seed"
+
+// Assertion is what a client assertion (RFC 7523) says, read without
+// verifying its signature.
+type Assertion struct {
+	Alg, Kid, Typ   string // JOSE header
+	Issuer, Subject string
+	Audience        []string
+	ID              string // jti
+	IssuedAt        time.Time
+	NotBefore       time.Time
+	Expiry          time.Time
 }
 
 // hold is one HoldRefreshes: the refresh grants processed while it is active
@@ -202,8 +268,35 @@ func New(cfg Config) (*Provider, error) {
 		cfg.RefreshTokenTTL = 7 * 24 * time.Hour
 	}
 
-	p := &Provider{cfg: cfg, closed: make(chan struct{}), introspectorSecret: randomHex(16)}
+	p := &Provider{cfg: cfg, closed: make(chan struct{}), introspectorSecret: randomHex(16), seedMark: randomHex(16)}
+	// Listen first: the token endpoint's URL is the audience of client assertions.
+	ln, err := net.Listen("tcp", cfg.Addr)
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", cfg.Addr, err)
+	}
+	p.ln = ln
+	p.url = "http://" + ln.Addr().String()
+	if err := p.compose(); err != nil {
+		ln.Close()
+		return nil, err
+	}
 
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST "+TokenPath, p.handleToken)
+	mux.HandleFunc("POST "+IntrospectPath, p.handleIntrospect)
+	mux.HandleFunc("POST "+RevokePath, p.handleRevoke)
+	p.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		defer close(p.closed)
+		_ = p.srv.Serve(ln)
+	}()
+	return p, nil
+}
+
+// compose builds the fosite provider of p.cfg: its clients, its user and its
+// grant handlers.
+func (p *Provider) compose() error {
+	cfg := p.cfg
 	fc := &fosite.Config{
 		AccessTokenLifespan:  cfg.AccessTokenTTL,
 		RefreshTokenLifespan: cfg.RefreshTokenTTL,
@@ -213,6 +306,8 @@ func New(cfg Config) (*Provider, error) {
 		RefreshTokenScopes: []string{},
 		// Client secrets are bcrypt hashes; the minimum cost keeps tests fast.
 		HashCost: 4,
+		// The only audience client assertions may name.
+		TokenURL: p.TokenURL(),
 	}
 
 	store := &rotatingStore{MemoryStore: storage.NewMemoryStore()}
@@ -234,11 +329,18 @@ func New(cfg Config) (*Provider, error) {
 	}
 	if cfg.ConfidentialClientID != "" && cfg.ConfidentialClientSecret != "" {
 		if err := addConfidential(cfg.ConfidentialClientID, cfg.ConfidentialClientSecret, grants); err != nil {
-			return nil, err
+			return err
 		}
 	}
+	for _, jc := range cfg.JWTClients {
+		client, err := jwtClient(jc, cfg.Scopes)
+		if err != nil {
+			return err
+		}
+		store.Clients[jc.ID] = client
+	}
 	if err := addConfidential(introspectorID, p.introspectorSecret, fosite.Arguments{}); err != nil {
-		return nil, err
+		return err
 	}
 	store.Users[cfg.Username] = storage.MemoryUserRelation{Username: cfg.Username, Password: cfg.Password}
 
@@ -247,27 +349,41 @@ func New(cfg Config) (*Provider, error) {
 		//lint:ignore SA1019 the password grant is deprecated, and exactly what the providers under test use
 		compose.OAuth2ResourceOwnerPasswordCredentialsFactory,
 		compose.OAuth2RefreshTokenGrantFactory,
+		compose.OAuth2ClientCredentialsGrantFactory,
 		compose.OAuth2TokenIntrospectionFactory,
 		compose.OAuth2TokenRevocationFactory,
 	)
+	return nil
+}
 
-	mux := http.NewServeMux()
-	mux.HandleFunc("POST "+TokenPath, p.handleToken)
-	mux.HandleFunc("POST "+IntrospectPath, p.handleIntrospect)
-	mux.HandleFunc("POST "+RevokePath, p.handleRevoke)
-
-	ln, err := net.Listen("tcp", cfg.Addr)
-	if err != nil {
-		return nil, fmt.Errorf("listen on %s: %w", cfg.Addr, err)
+// jwtClient is the fosite client of jc: an OpenID Connect client (fosite
+// reads the authentication method and the keys of those only) whose JSON Web
+// Key Set holds jc.Key for signatures, of the one algorithm the key takes.
+func jwtClient(jc JWTClient, scopes []string) (*fosite.DefaultOpenIDConnectClient, error) {
+	var alg string
+	switch k := jc.Key.(type) {
+	case *rsa.PublicKey:
+		alg = "RS256"
+	case *ecdsa.PublicKey:
+		if k.Curve != elliptic.P256() {
+			return nil, fmt.Errorf("provider: JWT client %q: an EC key must be on P-256 (ES256)", jc.ID)
+		}
+		alg = "ES256"
+	default:
+		return nil, fmt.Errorf("provider: JWT client %q: the key is a %T, want an *rsa.PublicKey or a P-256 *ecdsa.PublicKey", jc.ID, jc.Key)
 	}
-	p.ln = ln
-	p.url = "http://" + ln.Addr().String()
-	p.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-	go func() {
-		defer close(p.closed)
-		_ = p.srv.Serve(ln)
-	}()
-	return p, nil
+	return &fosite.DefaultOpenIDConnectClient{
+		DefaultClient: &fosite.DefaultClient{
+			ID:         jc.ID,
+			GrantTypes: fosite.Arguments{"client_credentials", "refresh_token"},
+			Scopes:     scopes,
+		},
+		TokenEndpointAuthMethod:           "private_key_jwt",
+		TokenEndpointAuthSigningAlgorithm: alg,
+		JSONWebKeys: &jose.JSONWebKeySet{Keys: []jose.JSONWebKey{
+			{Key: jc.Key, KeyID: jc.KeyID, Algorithm: alg, Use: "sig"},
+		}},
+	}, nil
 }
 
 // URL is the base URL, http://127.0.0.1:PORT.
@@ -417,14 +533,59 @@ func (p *Provider) PresentedTwice() []string {
 }
 
 // Secrets returns every value that must never show up outside the token
-// exchange: the password, the confidential client's secret and every refresh
-// token issued so far.
+// exchange: the password, the confidential client's secret, every refresh
+// token issued so far and every client assertion presented.
 func (p *Provider) Secrets() []string {
 	s := []string{p.cfg.Password}
 	if p.cfg.ConfidentialClientSecret != "" {
 		s = append(s, p.cfg.ConfidentialClientSecret)
 	}
-	return append(s, p.RefreshTokens()...)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	s = append(s, p.refreshTokens...)
+	return append(s, p.assertions...)
+}
+
+// SeedSession starts a session outside the engine: a password grant of the
+// resource owner for the public client, over HTTP like any client's, with
+// scopes (none if empty). It returns the refresh token, for a test to seed
+// the engine with (vault write <mount>/creds/<role> refresh_token=-). The
+// grant is counted in Counts.SeedSessions, never in PasswordOK, and marked
+// Seed in Events; its tokens are in Issued and RefreshTokens (and so in
+// Secrets), like every other grant's.
+func (p *Provider) SeedSession(ctx context.Context, scopes ...string) (string, error) {
+	form := url.Values{
+		"grant_type": {"password"},
+		"client_id":  {p.cfg.ClientID},
+		"username":   {p.cfg.Username},
+		"password":   {p.cfg.Password},
+	}
+	if len(scopes) > 0 {
+		form.Set("scope", strings.Join(scopes, " "))
+	}
+	var out struct {
+		RefreshToken string `json:"refresh_token"`
+	}
+	if err := p.post(ctx, p.TokenURL(), form, func(req *http.Request) { req.Header.Set(seedHeader, p.seedMark) }, &out); err != nil {
+		return "", fmt.Errorf("seed session: %w", err)
+	}
+	if out.RefreshToken == "" {
+		return "", errors.New("seed session: no refresh_token in the answer")
+	}
+	return out.RefreshToken, nil
+}
+
+// Revoke ends a session of the public client at the revocation endpoint
+// (RFC 7009), over HTTP as that client: fosite revokes the refresh token
+// and the access token of token's family. token must be the family's newest
+// refresh token (or access token): fosite answers 200 for a used one and
+// revokes nothing. Counted in Revocations.
+func (p *Provider) Revoke(ctx context.Context, token string) error {
+	form := url.Values{"token": {token}, "client_id": {p.cfg.ClientID}}
+	if err := p.post(ctx, p.RevokeURL(), form, nil, nil); err != nil {
+		return fmt.Errorf("revoke: %w", err)
+	}
+	return nil
 }
 
 // Introspection is the part of an RFC 7662 answer the tests look at.
@@ -441,21 +602,41 @@ type Introspection struct {
 func (p *Provider) Introspect(ctx context.Context, token string) (Introspection, error) {
 	var in Introspection
 	form := url.Values{"token": {token}, "token_type_hint": {"access_token"}}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, p.IntrospectURL(), strings.NewReader(form.Encode()))
+	err := p.post(ctx, p.IntrospectURL(), form, func(req *http.Request) { req.SetBasicAuth(introspectorID, p.introspectorSecret) }, &in)
 	if err != nil {
-		return in, err
+		return in, fmt.Errorf("introspection: %w", err)
+	}
+	return in, nil
+}
+
+// post sends form to one of p's endpoints, with edit's changes to the
+// request (if any), and decodes the JSON answer into out (if not nil). An
+// answer other than 200 is an error naming its status and OAuth2 error code.
+func (p *Provider) post(ctx context.Context, endpoint string, form url.Values, edit func(*http.Request), out any) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, endpoint, strings.NewReader(form.Encode()))
+	if err != nil {
+		return err
 	}
 	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
-	req.SetBasicAuth(introspectorID, p.introspectorSecret)
+	if edit != nil {
+		edit(req)
+	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		return in, err
+		return err
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return in, fmt.Errorf("introspection: HTTP %d", resp.StatusCode)
+		var e struct {
+			Error string `json:"error"`
+		}
+		_ = json.NewDecoder(resp.Body).Decode(&e)
+		return fmt.Errorf("HTTP %d %s", resp.StatusCode, e.Error)
 	}
-	return in, json.NewDecoder(resp.Body).Decode(&in)
+	if out == nil {
+		return nil
+	}
+	return json.NewDecoder(resp.Body).Decode(out)
 }
 
 // handleToken serves the token endpoint and counts the outcome. The outcome
@@ -464,9 +645,18 @@ func (p *Provider) Introspect(ctx context.Context, token string) (Introspection,
 func (p *Provider) handleToken(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
 	form := p.recordForm(r)
-	ev := Event{Endpoint: "token", GrantType: form.Get("grant_type"), ClientID: clientID(r, form)}
+	ev := Event{
+		Endpoint: "token", GrantType: form.Get("grant_type"), ClientID: clientID(r, form),
+		ClientAuth: clientAuth(r, form), Seed: r.Header.Get(seedHeader) == p.seedMark,
+	}
 	if rt := form.Get("refresh_token"); ev.GrantType == "refresh_token" && rt != "" {
 		ev.presented = tokenHash(rt)
+	}
+	if a := form.Get("client_assertion"); a != "" {
+		ev.Assertion = parseAssertion(a)
+		p.mu.Lock()
+		p.assertions = append(p.assertions, a)
+		p.mu.Unlock()
 	}
 
 	ar, err := p.oauth.NewAccessRequest(ctx, r, &fosite.DefaultSession{})
@@ -565,7 +755,7 @@ func (p *Provider) handleIntrospect(w http.ResponseWriter, r *http.Request) {
 func (p *Provider) handleRevoke(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
 	form := p.recordForm(r)
-	ev := Event{Endpoint: "revoke", ClientID: clientID(r, form), Status: http.StatusOK}
+	ev := Event{Endpoint: "revoke", ClientID: clientID(r, form), ClientAuth: clientAuth(r, form), Status: http.StatusOK}
 	err := p.oauth.NewRevocationRequest(ctx, r)
 	if err != nil {
 		rfc := fosite.ErrorToRFC6749Error(err)
@@ -599,6 +789,8 @@ func (p *Provider) record(ev Event) {
 		c.Introspections++
 	case ev.Endpoint == "revoke":
 		c.Revocations++
+	case ev.Seed:
+		c.SeedSessions++
 	case ev.GrantType == "password" && ev.Error == "":
 		c.PasswordOK++
 	case ev.GrantType == "password":
@@ -609,14 +801,18 @@ func (p *Provider) record(ev Event) {
 		c.RefreshInvalidGrant++
 	case ev.GrantType == "refresh_token":
 		c.RefreshFailed++
+	case ev.GrantType == "client_credentials" && ev.Error == "":
+		c.ClientCredentialsOK++
+	case ev.GrantType == "client_credentials":
+		c.ClientCredentialsFailed++
 	default:
 		c.OtherGrant++
 	}
 	p.mu.Unlock()
 
 	if p.cfg.Logf != nil {
-		p.cfg.Logf("%s grant_type=%q client_id=%q status=%d outcome=%s held=%t",
-			ev.Endpoint, ev.GrantType, ev.ClientID, ev.Status, ev.Outcome(), ev.Held)
+		p.cfg.Logf("%s grant_type=%q client_id=%q client_auth=%s status=%d outcome=%s held=%t seed=%t",
+			ev.Endpoint, ev.GrantType, ev.ClientID, ev.ClientAuth, ev.Status, ev.Outcome(), ev.Held, ev.Seed)
 	}
 }
 
@@ -628,6 +824,63 @@ func clientID(r *http.Request, form url.Values) string {
 		}
 	}
 	return form.Get("client_id")
+}
+
+// clientAuth names how a request authenticates its client (Event.ClientAuth).
+func clientAuth(r *http.Request, form url.Values) string {
+	switch _, _, basic := r.BasicAuth(); {
+	case form.Get("client_assertion_type") != "" || form.Get("client_assertion") != "":
+		return "private_key_jwt"
+	case basic:
+		return "basic"
+	case form.Get("client_secret") != "":
+		return "client_secret_post"
+	}
+	return "none"
+}
+
+// parseAssertion reads a client assertion's header and claims without
+// verifying it (fosite does that); what it cannot read stays empty.
+func parseAssertion(raw string) *Assertion {
+	a := &Assertion{}
+	parts := strings.Split(raw, ".")
+	if len(parts) != 3 {
+		return a
+	}
+	var header struct {
+		Alg string `json:"alg"`
+		Kid string `json:"kid"`
+		Typ string `json:"typ"`
+	}
+	var claims struct {
+		Iss string          `json:"iss"`
+		Sub string          `json:"sub"`
+		Aud json.RawMessage `json:"aud"` // a string or a list of strings
+		Jti string          `json:"jti"`
+		Iat int64           `json:"iat"`
+		Nbf int64           `json:"nbf"`
+		Exp int64           `json:"exp"`
+	}
+	if b, err := base64.RawURLEncoding.DecodeString(parts[0]); err == nil && json.Unmarshal(b, &header) == nil {
+		a.Alg, a.Kid, a.Typ = header.Alg, header.Kid, header.Typ
+	}
+	if b, err := base64.RawURLEncoding.DecodeString(parts[1]); err == nil && json.Unmarshal(b, &claims) == nil {
+		a.Issuer, a.Subject, a.ID = claims.Iss, claims.Sub, claims.Jti
+		var one string
+		if json.Unmarshal(claims.Aud, &one) == nil {
+			a.Audience = []string{one}
+		} else {
+			_ = json.Unmarshal(claims.Aud, &a.Audience)
+		}
+		unix := func(s int64) time.Time {
+			if s == 0 {
+				return time.Time{}
+			}
+			return time.Unix(s, 0)
+		}
+		a.IssuedAt, a.NotBefore, a.Expiry = unix(claims.Iat), unix(claims.Nbf), unix(claims.Exp)
+	}
+	return a
 }
 
 // tokenHash is how a refresh token is remembered once presented: hex sha256.

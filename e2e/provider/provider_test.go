@@ -2,12 +2,19 @@ package provider
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/rsa"
 	"encoding/json"
 	"net/http"
 	"net/url"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/go-jose/go-jose/v3"
+	josejwt "github.com/go-jose/go-jose/v3/jwt"
 )
 
 func newTestProvider(t *testing.T, cfg Config) *Provider {
@@ -201,6 +208,141 @@ func TestHoldRefreshes(t *testing.T) {
 		t.Fatal("PresentedTwice shows the refresh token")
 	}
 	if c := p.Counts(); c.RefreshOK != 1 || c.RefreshInvalidGrant != 1 {
+		t.Fatalf("counts: %+v", c)
+	}
+}
+
+// TestJWTClientCredentials: the private_key_jwt client gets a token from the
+// client credentials grant (no refresh token) with an assertion signed by its
+// key; a replayed jti, another key, another audience and an assertion of the
+// wrong algorithm are rejected as invalid_client (a replay as jti_known).
+func TestJWTClientCredentials(t *testing.T) {
+	rsaKey, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ecKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := newTestProvider(t, Config{JWTClients: []JWTClient{
+		{ID: "svc", Key: &rsaKey.PublicKey, KeyID: "k1"},
+		{ID: "svc-ec", Key: &ecKey.PublicKey},
+	}})
+
+	// assertion signs the claims of a client assertion of client id, with
+	// key ID kid (none if empty).
+	assertion := func(key any, alg jose.SignatureAlgorithm, id, kid, aud, jti string) string {
+		t.Helper()
+		opts := &jose.SignerOptions{}
+		if kid != "" {
+			opts = opts.WithHeader("kid", kid)
+		}
+		signer, err := jose.NewSigner(jose.SigningKey{Algorithm: alg, Key: key}, opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		now := time.Now()
+		raw, err := josejwt.Signed(signer).Claims(josejwt.Claims{
+			Issuer: id, Subject: id, Audience: josejwt.Audience{aud}, ID: jti,
+			IssuedAt: josejwt.NewNumericDate(now), Expiry: josejwt.NewNumericDate(now.Add(time.Minute)),
+		}).CompactSerialize()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return raw
+	}
+	cc := func(id, a string) url.Values {
+		return url.Values{
+			"grant_type": {"client_credentials"}, "client_id": {id},
+			"client_assertion_type": {"urn:ietf:params:oauth:client-assertion-type:jwt-bearer"},
+			"client_assertion":      {a},
+		}
+	}
+
+	good := assertion(rsaKey, jose.RS256, "svc", "k1", p.TokenURL(), "jti-1")
+	status, body := post(t, p, cc("svc", good), "", "")
+	if status != http.StatusOK || body["access_token"] == nil || body["refresh_token"] != nil {
+		t.Fatalf("client credentials: got %d %v; want a token and no refresh token", status, body)
+	}
+	if is, ok := p.Lookup(body["access_token"].(string)); !ok || is.GrantType != "client_credentials" || is.ClientID != "svc" {
+		t.Fatalf("issuance record: %+v, %v", is, ok)
+	}
+	ev := p.Events()[0]
+	if ev.ClientAuth != "private_key_jwt" || ev.Assertion == nil || ev.Assertion.Alg != "RS256" || ev.Assertion.Kid != "k1" ||
+		ev.Assertion.ID != "jti-1" || len(ev.Assertion.Audience) != 1 || ev.Assertion.Audience[0] != p.TokenURL() || ev.Assertion.Subject != "svc" {
+		t.Fatalf("event: %+v, assertion %+v", ev, ev.Assertion)
+	}
+
+	for name, tc := range map[string]struct {
+		assertion string
+		want      string
+	}{
+		"replayed jti":   {good, "jti_known"},
+		"another key":    {assertion(mustRSA(t), jose.RS256, "svc", "k1", p.TokenURL(), "jti-2"), "invalid_client"},
+		"other audience": {assertion(rsaKey, jose.RS256, "svc", "k1", p.URL(), "jti-3"), "invalid_client"},
+		"ES256":          {assertion(ecKey, jose.ES256, "svc", "k1", p.TokenURL(), "jti-4"), "invalid_client"},
+	} {
+		if status, body := post(t, p, cc("svc", tc.assertion), "", ""); status == http.StatusOK || body["error"] != tc.want {
+			t.Errorf("%s: got %d %v, want %s", name, status, body, tc.want)
+		}
+	}
+	if c := p.Counts(); c.ClientCredentialsOK != 1 || c.ClientCredentialsFailed != 4 || c.OtherGrant != 0 || c.TokenCalls() != 5 {
+		t.Fatalf("counts: %+v", c)
+	}
+
+	// The ES256 client, its assertion without kid.
+	ec := assertion(ecKey, jose.ES256, "svc-ec", "", p.TokenURL(), "jti-5")
+	if status, body := post(t, p, cc("svc-ec", ec), "", ""); status != http.StatusOK {
+		t.Fatalf("ES256 client credentials: got %d %v", status, body)
+	}
+	if secrets := strings.Join(p.Secrets(), " "); !strings.Contains(secrets, good) {
+		t.Fatal("Secrets does not hold the client assertions")
+	}
+
+	// The public client may not use client credentials.
+	if status, body := post(t, p, url.Values{"grant_type": {"client_credentials"}, "client_id": {"demo"}}, "", ""); status == http.StatusOK {
+		t.Fatalf("public client credentials: got %d %v", status, body)
+	}
+}
+
+func mustRSA(t *testing.T) *rsa.PrivateKey {
+	t.Helper()
+	k, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
+// TestSeedSessionAndRevoke: SeedSession's login is counted apart from the
+// password grants, its refresh token refreshes, and Revoke of the newest
+// refresh token ends the session.
+func TestSeedSessionAndRevoke(t *testing.T) {
+	p := newTestProvider(t, Config{})
+	ctx := context.Background()
+	seed, err := p.SeedSession(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c := p.Counts(); c.SeedSessions != 1 || c.PasswordOK != 0 || c.TokenCalls() != 1 {
+		t.Fatalf("counts after the seed: %+v", c)
+	}
+	if evs := p.Events(); len(evs) != 1 || !evs[0].Seed || evs[0].ClientAuth != "none" {
+		t.Fatalf("events: %+v", evs)
+	}
+	status, body := post(t, p, url.Values{"grant_type": {"refresh_token"}, "client_id": {"demo"}, "refresh_token": {seed}}, "", "")
+	if status != http.StatusOK {
+		t.Fatalf("refresh of the seed: %d %v", status, body)
+	}
+	rt := body["refresh_token"].(string)
+	if err := p.Revoke(ctx, rt); err != nil {
+		t.Fatal(err)
+	}
+	if status, body = post(t, p, url.Values{"grant_type": {"refresh_token"}, "client_id": {"demo"}, "refresh_token": {rt}}, "", ""); body["error"] != "invalid_grant" {
+		t.Fatalf("refresh after Revoke: %d %v", status, body)
+	}
+	if c := p.Counts(); c.SeedSessions != 1 || c.RefreshOK != 1 || c.RefreshInvalidGrant != 1 || c.Revocations != 1 || c.PasswordOK != 0 {
 		t.Fatalf("counts: %+v", c)
 	}
 }
