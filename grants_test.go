@@ -210,7 +210,7 @@ func TestGrants_SeededSession(t *testing.T) {
 		"grant_type": grantRefresh, "token_url": p.tokenURL(), "ca_cert": p.caPEM(), "client_id": "100",
 	})
 	env.mustOK(t, logical.UpdateOperation, "roles/app", map[string]any{"config": "seeded"})
-	if msg := env.mustFail(t, logical.ReadOperation, "creds/app", nil); !strings.Contains(msg, "no session was seeded") || !strings.Contains(msg, "vault write bearer/creds/app refresh_token=-") {
+	if msg := env.mustFail(t, logical.ReadOperation, "creds/app", nil); !strings.Contains(msg, `role "app" has no session, and connection "seeded" (grant_type=refresh_token) cannot log in`) || !strings.Contains(msg, "vault write bearer/creds/app refresh_token=-") {
 		t.Errorf("read before seeding: %s", msg)
 	}
 	p.mu.Lock()

@@ -48,14 +48,27 @@ func rejectedWhat(conn *connEntry, rej *rejection) string {
 	if rej.Client {
 		return fmt.Sprintf("connection %q: the provider rejected the OAuth2 client %q", conn.name, conn.ClientID)
 	}
-	return fmt.Sprintf("connection %q rejected the credentials of user %q", conn.name, conn.Username)
+	return fmt.Sprintf("connection %q rejected the credentials of %s", conn.name, loginIdentity(conn))
 }
 
 func rejectedFix(conn *connEntry, rej *rejection) string {
-	if rej.Client {
+	switch {
+	case rej.Client && conn.ClientAuth == clientAuthJWT:
+		return fmt.Sprintf("check the client's client_id and the public key registered for client_private_key (and client_private_key_id, client_assertion_audience) at the provider, then update them with vault write <mount>/config/%s client_private_key=@<key file>", conn.name)
+	case rej.Client:
 		return fmt.Sprintf("check the client's client_id, client_secret and client_auth at the provider, then update them with vault write <mount>/config/%s client_id=<id> client_secret=<secret> client_auth=<body or basic>", conn.name)
+	case conn.grantType() == grantClientCredentials:
+		return fmt.Sprintf("update the client's credentials with vault write <mount>/config/%s client_secret=<new secret> (or client_private_key=@<key file>)", conn.name)
 	}
 	return fmt.Sprintf("update the credentials with vault write <mount>/config/%s password=<new password> (or client_secret=<new secret>)", conn.name)
+}
+
+// loginIdentity names who a connection logs in as, for messages: the user, or the client.
+func loginIdentity(conn *connEntry) string {
+	if conn.grantType() == grantPassword {
+		return fmt.Sprintf("user %q", conn.Username)
+	}
+	return fmt.Sprintf("client %q", conn.ClientID)
 }
 
 // msgRetryLater is the error of an attempt that failed, for the readers until the next.
@@ -101,8 +114,12 @@ func msgMinTTLCapped(field string, asked, lifetime time.Duration) string {
 		field, asked, lifetime, lifetime/2)
 }
 
-// msgSessionEnded: a seeded session (grant_type=refresh_token) has ended.
+// msgSessionEnded: a seeded session (grant_type=refresh_token) has ended, or was never
+// seeded (cause empty).
 func msgSessionEnded(role, conn, cause string) string {
+	if cause == "" {
+		return fmt.Sprintf("role %q has no session, and connection %q (grant_type=refresh_token) cannot log in: seed one with vault write <mount>/creds/%s refresh_token=-", role, conn, role)
+	}
 	return fmt.Sprintf("role %q: the session of connection %q (grant_type=refresh_token) has ended (%s) and the engine cannot log in: seed a new one with vault write <mount>/creds/%s refresh_token=-", role, conn, cause, role)
 }
 

@@ -285,8 +285,8 @@ func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *
 		verified, err = b.verifyLogin(ctx, cs, entry)
 		if err != nil {
 			b.verifyFailed(ctx, req.Storage, cs, old, entry, err)
-			return logical.ErrorResponse("connection %q not saved: verification login as %q failed: %s; check the credentials and endpoint, or write with verify=false to save anyway",
-				name, entry.Username, newRedactor(entry.Password, entry.ClientSecret).redact(err.Error())), nil
+			return logical.ErrorResponse("connection %q not saved: verification login as %s failed: %s; check the credentials and endpoint, or write with verify=false to save anyway",
+				name, loginIdentity(entry), newRedactor(entry.Password, entry.ClientSecret).redact(err.Error())), nil
 		}
 	}
 
@@ -308,7 +308,7 @@ func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *
 		cs.gate.prove(entry.CredentialsVersion)
 		b.keepSpare(ctx, req.Storage, cs, entry, verified, old == nil || accountChanged)
 	}
-	b.Logger().Info("connection saved", "connection", name, "provider", entry.Provider, "username", entry.Username)
+	b.Logger().Info("connection saved", "connection", name, "provider", entry.Provider, "grant_type", entry.grantType(), "as", loginIdentity(entry))
 	if len(resp.Warnings) == 0 {
 		return nil, nil
 	}
@@ -329,7 +329,7 @@ func trimLineEnd(s string) (string, bool) {
 // credentialFields names what must change to lift a rejection.
 func credentialFields(rej *rejection) string {
 	if rej.Client {
-		return "client_id, client_secret or client_auth"
+		return "client_id, client_secret, client_auth or client_private_key"
 	}
 	return "password or client_secret"
 }

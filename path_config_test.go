@@ -169,7 +169,7 @@ func TestConfig_Verify(t *testing.T) {
 	data := p.connData()
 	data["password"] = "wrong-password"
 	msg := env.mustFail(t, logical.UpdateOperation, "config/conn", data)
-	want := `connection "conn" not saved: verification login as "alice@example.com" failed: password grant failed: invalid_grant: Invalid user credentials (HTTP 401); check the credentials and endpoint, or write with verify=false to save anyway`
+	want := `connection "conn" not saved: verification login as user "alice@example.com" failed: password grant failed: invalid_grant: Invalid user credentials (HTTP 401); check the credentials and endpoint, or write with verify=false to save anyway`
 	if msg != want {
 		t.Errorf("error:\n got %s\nwant %s", msg, want)
 	}
@@ -252,7 +252,7 @@ func TestConfig_TokenURLQueryIsNotQuoted(t *testing.T) {
 			}
 
 			msg := env.mustFail(t, logical.UpdateOperation, "config/conn", data)
-			if !strings.HasPrefix(msg, `connection "conn" not saved: verification login as "alice@example.com" failed: password grant failed: `) {
+			if !strings.HasPrefix(msg, `connection "conn" not saved: verification login as user "alice@example.com" failed: password grant failed: `) {
 				t.Errorf("verify failure: %s", msg)
 			}
 			assertNoSecrets(t, "verify failure", msg, apiKey, "api_key")
@@ -325,7 +325,7 @@ func TestConfig_PermanentFailuresFailAtOnce(t *testing.T) {
 			}
 
 			msg := env.mustFail(t, logical.UpdateOperation, "config/conn", data)
-			const verifyPrefix = `connection "conn" not saved: verification login as "alice@example.com" failed: password grant failed: `
+			const verifyPrefix = `connection "conn" not saved: verification login as user "alice@example.com" failed: password grant failed: `
 			const verifySuffix = "; check the credentials and endpoint, or write with verify=false to save anyway"
 			pc.checkCause(t, "verify failure", strings.TrimSuffix(msg, verifySuffix), verifyPrefix)
 			if accepted, _ := srv.counts(); accepted != perAttempt || pauses.len() != 0 {

@@ -198,7 +198,8 @@ const pathCredsHelpDesc = `
 Read returns an access token valid for at least the role's min_ttl (the min_ttl query
 parameter may ask for more; both are capped at half the token's lifetime, with a
 warning): the cached token while it is valid enough, otherwise a new one from the
-stored refresh token, otherwise from a password login. The response holds
+stored refresh token, otherwise from a new login with the connection's grant_type
+(password or client_credentials; a refresh_token connection cannot log in). The response holds
 access_token, token_type (Bearer), expires_at, expires_in, scope (if any), ttl
 (seconds until a newer token is handed out, at least 1), rotation_period (the token's
 full lifetime) and last_vault_rotation (when it was obtained). There is no lease, and
@@ -206,9 +207,11 @@ never the refresh token or the password. When the token is served after a failed
 renewal, the response carries a warning. A provider failure is answered with HTTP 502
 and one message saying what failed and what to do.
 
-Write (vault write -f) gets a new token now: refresh grant, falling back to the
-password grant. Delete forgets the stored tokens (ending the session at the
-connection's revocation_url when set); the next read logs in with the password.
+Write (vault write -f) gets a new token now: refresh grant, falling back to a login.
+Write with refresh_token=- seeds the role's session with a refresh token read from
+stdin (never returned or logged) and renews it at once. Delete forgets the stored
+tokens (ending the session at the connection's revocation_url when set); the next read
+logs in.
 
 Apps need only the read capability on this path.
 `

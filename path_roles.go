@@ -292,7 +292,7 @@ Writes are partial updates. Changing config or scopes discards the role's tokens
 
 Reading a role also returns its state, never a secret: token_expires_at,
 token_obtained_at, refresh_token_expires_at (empty if unknown), last_grant
-(password or refresh_token), last_success_at, last_error and last_error_at (cleared
+(password, client_credentials or refresh_token), last_success_at, last_error and last_error_at (cleared
 by a clean renewal; set after a success that had to work around a problem, such as a
 refresh refused by configuration), consecutive_failures, next_attempt_at (while a
 failed attempt's retry window holds), and credentials_rejected_at and next_login_at

@@ -1,6 +1,7 @@
 package bearer
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -437,7 +438,7 @@ func (r *renewal) refresh() (tokenResult, error, bool) {
 		r.b.Logger().Warn("the provider refused the refresh grant for a reason of configuration; logging in with the password", "role", r.rs.name, "connection", r.role.Config, "reason", r.refused)
 	case ge != nil && (ge.kind == failRejected || ge.kind == failAmbiguous):
 		r.spent = r.redact(ge.Error())
-		r.b.Logger().Info("refresh token not usable, starting a new session", "role", r.rs.name, "connection", r.role.Config, "reason", r.spent)
+		r.b.Logger().Info("refresh token not usable", "role", r.rs.name, "connection", r.role.Config, "reason", r.spent)
 	default:
 		// R3: not sent, or not processed: the refresh token is still good.
 		r.sess.Tokens.RefreshSentAt = time.Time{}
@@ -541,14 +542,14 @@ func (r *renewal) ended() (tokenResult, error) {
 	if cause == "" {
 		cause = f.LastError
 	}
-	if cause == "" {
-		cause = "no session was seeded"
-	}
 	msg := msgSessionEnded(r.rs.name, r.role.Config, cause)
+	if r.spent != "" {
+		r.b.Logger().Warn("the seeded session ended: a new refresh token must be seeded", "role", r.rs.name, "connection", r.role.Config, "reason", r.spent)
+	}
 	if f.Message != msg {
 		f.Message, f.LastErrorAt = msg, now
 		if f.LastError == "" {
-			f.LastError = cause
+			f.LastError = cmp.Or(cause, "no session was seeded")
 		}
 		f.NextAttemptAt, f.ConnRevision = time.Time{}, 0
 		if err := r.save(); err != nil {
@@ -584,7 +585,7 @@ func (r *renewal) rejected(ge *grantError) error {
 	}
 	// Unproven again: after the backoff one login goes alone.
 	r.cs.gate.unprove(r.conn.CredentialsVersion)
-	r.b.Logger().Warn("provider rejected the login", "role", r.rs.name, "connection", r.role.Config, "username", r.conn.Username,
+	r.b.Logger().Warn("provider rejected the login", "role", r.rs.name, "connection", r.role.Config, "as", loginIdentity(r.conn),
 		"client_rejected", rec.Client, "next_login_at", formatTime(rec.NextLoginAt))
 	return &rejectedError{msg: msgRejected(r.conn, &rec)}
 }
