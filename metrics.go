@@ -67,7 +67,7 @@ func newMetrics() *metrics {
 		registry: prometheus.NewRegistry(),
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "bearer_token_requests_total",
-			Help: "Token requests sent to the provider, by connection, grant (password, refresh_token) and outcome (success; rejected: the provider refused the grant; transient: not processed, may be retried; ambiguous: may have been processed, no usable answer; invalid: not sent for a reason of configuration)." + perNode,
+			Help: "Token requests sent to the provider, by connection, grant (password, client_credentials, refresh_token) and outcome (success; rejected: the provider refused the grant; transient: not processed, may be retried; ambiguous: may have been processed, no usable answer; invalid: not sent for a reason of configuration)." + perNode,
 		}, []string{"connection", "grant", "outcome"}),
 		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "bearer_provider_request_duration_seconds",
