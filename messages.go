@@ -143,7 +143,11 @@ func displayURL(raw string) string {
 
 // userError is a mistake of the caller's (an unknown role or connection): it becomes
 // a 400 response.
-type userError struct{ msg string }
+type userError struct {
+	msg string
+	// unknownRole: the role named does not exist.
+	unknownRole bool
+}
 
 func (e *userError) Error() string { return e.msg }
 

@@ -99,12 +99,15 @@ func (b *backend) creds(ctx context.Context, req *logical.Request, d *framework.
 		if seed == "" {
 			return logical.ErrorResponse("role %q: refresh_token is empty", name), nil
 		}
-		res, err = b.renewFor(ctx, req.Storage, b.roleState(name), renewOptions{minTTL: minTTL, force: true, seed: seed})
+		var rs *roleState
+		if rs, err = b.knownRoleState(ctx, req.Storage, name); err == nil {
+			res, err = b.renewFor(ctx, req.Storage, rs, renewOptions{minTTL: minTTL, force: true, seed: seed})
+		}
 	} else {
 		res, err = b.getToken(ctx, req.Storage, name, minTTL, force)
 	}
 	if err != nil {
-		if !isReadOnlyErr(err) && !isUnknownRole(err, name) {
+		if !isReadOnlyErr(err) && !isUnknownRole(err) {
 			b.metrics.read(name, answeredFailed)
 		}
 		return responseError(req, err)
@@ -113,16 +116,19 @@ func (b *backend) creds(ctx context.Context, req *logical.Request, d *framework.
 	return credsResponse(&res, req.MountPoint), nil
 }
 
-// isUnknownRole reports whether err says that role does not exist. Such reads are not
-// counted: the name is the caller's, and any name would make a new series.
-func isUnknownRole(err error, role string) bool {
+// isUnknownRole reports whether err says that the role read does not exist. Such reads
+// are not counted: the name is the caller's, and any name would make a new series.
+func isUnknownRole(err error) bool {
 	var uerr *userError
-	return errors.As(err, &uerr) && uerr.msg == msgUnknownRole(role)
+	return errors.As(err, &uerr) && uerr.unknownRole
 }
 
 func (b *backend) pathCredsDelete(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
 	name := d.Get("name").(string)
-	rs := b.roleState(name)
+	rs, err := b.knownRoleState(ctx, req.Storage, name)
+	if err != nil {
+		return responseError(req, err)
+	}
 	rs.acquire()
 	defer rs.release()
 	role, err := b.role(ctx, req.Storage, name)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"net/url"
 	"strings"
@@ -319,6 +320,18 @@ func TestCreds_UnknownRoleAndConnection(t *testing.T) {
 	resp, _ := env.request(t, logical.ReadOperation, "creds/nope", nil)
 	if resp == nil || !resp.IsError() {
 		t.Error("unknown role is not a 400-class error response")
+	}
+	// Reads, forced renewals and deletes of names nobody created leave no state behind.
+	for i := range 100 {
+		name := fmt.Sprintf("creds/invented-%d", i)
+		env.mustFail(t, logical.ReadOperation, name, nil)
+		env.mustFail(t, logical.UpdateOperation, name, nil)
+		env.mustFail(t, logical.DeleteOperation, name, nil)
+	}
+	n := 0
+	env.b.roles.Range(func(any, any) bool { n++; return true })
+	if n != 0 {
+		t.Errorf("%d role states kept for roles that do not exist", n)
 	}
 	msg = env.mustFail(t, logical.UpdateOperation, "roles/r", map[string]any{"config": "missing"})
 	if msg != `role "r": connection "missing" does not exist: write bearer/config/missing first` {

@@ -257,8 +257,10 @@ func (b *backend) pathRoleList(ctx context.Context, req *logical.Request, _ *fra
 
 // role returns a role's definition, from the role's view when loaded.
 func (b *backend) role(ctx context.Context, s logical.Storage, name string) (*roleEntry, error) {
-	if v := b.roleState(name).view.Load(); v != nil {
-		return v.role, nil
+	if rs, ok := b.roles.Load(name); ok {
+		if v := rs.(*roleState).view.Load(); v != nil {
+			return v.role, nil
+		}
 	}
 	role := new(roleEntry)
 	found, err := getJSON(ctx, s, rolePrefix+name, role)

@@ -194,6 +194,22 @@ func (b *backend) roleState(name string) *roleState {
 	return v.(*roleState)
 }
 
+// knownRoleState returns the state of a role, creating it only for a role that exists:
+// reads of names nobody created leave nothing behind.
+func (b *backend) knownRoleState(ctx context.Context, s logical.Storage, name string) (*roleState, error) {
+	if v, ok := b.roles.Load(name); ok {
+		return v.(*roleState), nil
+	}
+	role, err := b.role(ctx, s, name)
+	if err != nil {
+		return nil, err
+	}
+	if role == nil {
+		return nil, &userError{msg: msgUnknownRole(name), unknownRole: true}
+	}
+	return b.roleState(name), nil
+}
+
 // connState returns the state of a connection, creating it.
 func (b *backend) connState(name string) *connState {
 	if v, ok := b.conns.Load(name); ok {

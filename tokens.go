@@ -95,7 +95,10 @@ type tokenResult struct {
 // getToken returns a token of role name with at least minTTL left (0: the role's
 // min_ttl), renewing it when needed; force renews it in any case.
 func (b *backend) getToken(ctx context.Context, s logical.Storage, name string, minTTL time.Duration, force bool) (tokenResult, error) {
-	rs := b.roleState(name)
+	rs, err := b.knownRoleState(ctx, s, name)
+	if err != nil {
+		return tokenResult{}, err
+	}
 	if !force {
 		// The fast path: no lock, no storage, no provider.
 		if v := rs.view.Load(); v != nil && !v.unsaved && v.creds != nil {
@@ -264,14 +267,14 @@ func (b *backend) loadRenewal(ctx context.Context, s logical.Storage, rs *roleSt
 	}
 	if role == nil {
 		rs.drop()
-		return nil, &userError{msgUnknownRole(rs.name)}
+		return nil, &userError{msg: msgUnknownRole(rs.name), unknownRole: true}
 	}
 	cs, conn, err := b.connection(ctx, s, role.Config)
 	if err != nil {
 		return nil, err
 	}
 	if conn == nil {
-		return nil, &userError{msgUnknownConnection(rs.name, role.Config)}
+		return nil, &userError{msg: msgUnknownConnection(rs.name, role.Config)}
 	}
 	stored, legacy, err := readSession(ctx, s, rs.name)
 	if err != nil {
