@@ -793,10 +793,8 @@ func TestPeriodic_HangingProviderIsolated(t *testing.T) {
 	data := bad.connData()
 	data["verify"], data["request_timeout"], data["max_concurrent_requests"] = false, "30s", 2
 	env.mustOK(t, logical.UpdateOperation, "config/bad", data)
-	var stuck []string
 	for i := range 5 {
 		name := fmt.Sprintf("stuck%d", i)
-		stuck = append(stuck, name)
 		env.mustOK(t, logical.UpdateOperation, "roles/"+name, map[string]any{"config": "bad"})
 		env.readCreds(t, name)
 	}
