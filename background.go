@@ -161,7 +161,9 @@ func (bg *background) enqueue(name string) {
 		bg.queues[conn] = q
 	}
 	heap.Push(&q.items, queued{name: name, deadline: deadline})
-	if q.workers < limit {
+	// One connection never takes more than half the global bound: a hanging provider
+	// leaves the others room.
+	if q.workers < min(limit, maxBackgroundRenewals/2) {
 		q.workers++
 		bg.busy++
 		go bg.work(conn, q)
@@ -231,7 +233,14 @@ func (bg *background) schedule(name string, at time.Time) {
 // touch makes a role due now, so that the background reads it again (another node
 // changed it).
 func (bg *background) touch(name string) {
-	bg.sched.touch(name, bg.b.now())
+	now := bg.b.now()
+	if bg.sched.touch(name, now) {
+		bg.mu.Lock()
+		defer bg.mu.Unlock()
+		if bg.active && !bg.stopped && (bg.timer == nil || now.Before(bg.timerAt)) {
+			bg.armLocked(now)
+		}
+	}
 }
 
 // armLocked sets the timer to wake the dispatcher at at. The caller holds mu.

@@ -451,7 +451,7 @@ func (c *tokenClient) once(ctx context.Context, grant string, form url.Values, s
 			parseErr = nil // no body: nothing to say about it
 		}
 		// The provider's text is quoted: take out what the request sent.
-		r := newRedactor(form.Get("password"), form.Get("refresh_token"), form.Get("client_secret"), c.conn.ClientSecret, c.conn.Password)
+		r := newRedactor(form.Get("password"), form.Get("refresh_token"), form.Get("client_secret"), form.Get("client_assertion"), c.conn.ClientSecret, c.conn.Password)
 		// Retry-After dates are the provider's wall clock.
 		return nil, errorResponse(grant, resp, fields, parseErr, r, time.Now())
 	}
@@ -479,10 +479,12 @@ func errorResponse(grant string, resp *http.Response, fields map[string]any, par
 			e.detail = fmt.Sprintf("token endpoint answered %s", http.StatusText(resp.StatusCode))
 		}
 	}
+	notProcessed := resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode == http.StatusInternalServerError ||
+		resp.StatusCode == http.StatusServiceUnavailable
 	switch {
-	case grant == grantRefresh && (resp.StatusCode == http.StatusBadGateway || resp.StatusCode == http.StatusGatewayTimeout):
-		// A gateway may have forwarded the refresh and lost the answer: the provider
-		// may have rotated the refresh token.
+	case grant == grantRefresh && resp.StatusCode >= 500 && !notProcessed:
+		// A gateway (502, 504, a CDN's 52x) may have forwarded the refresh and lost the
+		// answer: the provider may have rotated the refresh token.
 		e.kind = failAmbiguous
 	case resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode >= 500:
 		e.kind = failTransient

@@ -81,9 +81,17 @@ func FuzzParseTokenResponse(f *testing.F) {
 		if strings.Contains(msg, fuzzSecret) && !strings.Contains(contentType, fuzzSecret) {
 			t.Errorf("error %q quotes the refresh token", msg)
 		}
-		transient := status == http.StatusTooManyRequests || status >= 500
-		if transient != (gerr.kind == failTransient) || (!transient && gerr.kind != failRejected) {
-			t.Errorf("HTTP %d classified as %d", status, gerr.kind)
+		// A refresh answered 429, 500 or 503 was not processed; another 5xx may come
+		// from a gateway after the provider rotated the token; anything else is a refusal.
+		want := failRejected
+		switch {
+		case status == http.StatusTooManyRequests || status == http.StatusInternalServerError || status == http.StatusServiceUnavailable:
+			want = failTransient
+		case status >= 500:
+			want = failAmbiguous
+		}
+		if gerr.kind != want {
+			t.Errorf("HTTP %d classified as %d, want %d", status, gerr.kind, want)
 		}
 	})
 }

@@ -227,13 +227,13 @@ func (c stateCollector) Collect(ch chan<- prometheus.Metric) {
 	c.b.conns.Range(func(_, v any) bool {
 		cs := v.(*connState)
 		cs.mu.Lock()
-		entry, account := cs.entry, cs.account
+		entry, account, local := cs.entry, cs.account, cs.localRejection
 		cs.mu.Unlock()
 		if entry == nil || account == nil {
 			return true
 		}
 		rejected := 0.0
-		if rej := account.Rejection; rej.appliesTo(entry) {
+		if rej := newerRejection(account.Rejection, local); rej.appliesTo(entry) {
 			rejected = 1
 			gauge(nextLoginDesc, float64(rej.NextLoginAt.Unix()), cs.name)
 		}

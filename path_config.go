@@ -262,9 +262,15 @@ func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *
 		return logical.ErrorResponse("connection %q: %s", name, err), nil
 	}
 	entry.name = name
-	account, err := b.accountRecord(ctx, req.Storage, cs)
-	if err != nil {
-		return nil, err
+	account := &accountEntry{} // a new connection: nothing recorded yet
+	if old != nil {
+		if account, err = b.accountRecord(ctx, req.Storage, cs); err != nil {
+			return nil, err
+		}
+	}
+	rej := newerRejection(account.Rejection, nil)
+	if local, _ := b.rejectionOf(ctx, req.Storage, cs); old != nil {
+		rej = newerRejection(rej, local)
 	}
 
 	resp := &logical.Response{}
@@ -272,7 +278,7 @@ func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *
 		resp.AddWarning(w)
 	}
 	var verified *tokenResponse
-	switch rej := account.Rejection; {
+	switch {
 	case !d.Get("verify").(bool):
 	case rej.holdsBack(entry, b.now()):
 		// The provider rejected these very credentials: logging in again would only
@@ -293,6 +299,12 @@ func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *
 	if err := putJSON(ctx, req.Storage, configPrefix+name, entry); err != nil {
 		return nil, err
 	}
+	if old == nil {
+		// Written now, so that no later load looks for rejections of v0.1.0 sessions.
+		if err := b.updateAccount(ctx, req.Storage, cs, func(*accountEntry) bool { return true }); err != nil {
+			b.Logger().Warn("could not write the connection's state", "connection", name, "error", err)
+		}
+	}
 	accountChanged := old != nil && old.AccountVersion != entry.AccountVersion
 	cs.mu.Lock()
 	cs.epoch++
@@ -302,7 +314,7 @@ func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *
 		// Tokens of the old account are of no use: no read serves them from now on,
 		// and their sessions end at the old provider.
 		b.forgetRolesOf(name)
-		b.endSessionsOf(req.Storage, old)
+		b.endSessionsOf(req.Storage, old, account.Spare)
 	}
 	if verified != nil {
 		cs.gate.prove(entry.CredentialsVersion)
@@ -354,6 +366,7 @@ func (b *backend) verifyFailed(ctx context.Context, s logical.Storage, cs *connS
 	}); uerr != nil {
 		b.Logger().Warn("could not save the connection's rejection record", "connection", cs.name, "error", uerr)
 	}
+	cs.gate.unprove(old.CredentialsVersion)
 }
 
 // keepSpare keeps the verify login's session for the first role of the connection that
@@ -403,7 +416,7 @@ func (b *backend) keepSpare(ctx context.Context, s logical.Storage, cs *connStat
 // endSessionsOf ends, in the background, the sessions of the roles of a connection's
 // old account at that account's revocation endpoint (best effort): after an account
 // change the engine forgets them, the provider should too.
-func (b *backend) endSessionsOf(s logical.Storage, old *connEntry) {
+func (b *backend) endSessionsOf(s logical.Storage, old *connEntry, spare *spareSession) {
 	if old.RevocationURL == "" {
 		return
 	}
@@ -415,9 +428,8 @@ func (b *backend) endSessionsOf(s logical.Storage, old *connEntry) {
 	client.slots = cs.slots
 	b.bg.goTracked(func(ctx context.Context) {
 		defer client.http.CloseIdleConnections()
-		a := new(accountEntry)
-		if _, err := getJSON(ctx, s, accountPrefix+old.name, a); err == nil && a.Spare != nil && a.Spare.AccountVersion == old.AccountVersion {
-			_ = client.revoke(ctx, a.Spare.Tokens.RefreshToken)
+		if spare != nil && spare.AccountVersion == old.AccountVersion {
+			_ = client.revoke(ctx, spare.Tokens.RefreshToken)
 		}
 		names, err := s.List(ctx, rolePrefix)
 		if err != nil {
@@ -645,7 +657,7 @@ func (b *backend) verifyLogin(ctx context.Context, cs *connState, entry *connEnt
 		return nil, err
 	}
 	defer c.http.CloseIdleConnections()
-	c.slots = b.requestSlots(cs, entry)
+	c.slots = b.requestSlots(cs, nil)
 	c.observe = b.metrics.observer(cs.name)
 	return c.login(ctx, nil, maxAttemptRequests, nil)
 }
@@ -690,7 +702,7 @@ func (b *backend) pathConfigRead(ctx context.Context, req *logical.Request, d *f
 		"next_login_at":             "",
 		"last_error":                "",
 	}
-	if rej := account.Rejection; rej.appliesTo(entry) {
+	if rej := newerRejection(account.Rejection, b.localRejection(cs)); rej.appliesTo(entry) {
 		data["credentials_rejected_at"] = formatTime(rej.At)
 		data["next_login_at"] = formatTime(rej.NextLoginAt)
 		data["last_error"] = rej.Cause
@@ -768,10 +780,16 @@ func (b *backend) connection(ctx context.Context, s logical.Storage, name string
 	return cs, entry, nil
 }
 
-// requestSlots returns the connection's request slots, sized for entry.
+// requestSlots returns the connection's request slots, sized for entry; with a nil
+// entry (a candidate not saved yet) the current ones, sized for the stored entry.
 func (b *backend) requestSlots(cs *connState, entry *connEntry) chan struct{} {
 	cs.mu.Lock()
 	defer cs.mu.Unlock()
+	if entry == nil {
+		if entry = cs.entry; entry == nil {
+			entry = &connEntry{MaxConcurrentRequests: defaultMaxConcurrentRequests}
+		}
+	}
 	return cs.slotsLocked(entry)
 }
 

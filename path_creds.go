@@ -129,7 +129,9 @@ func (b *backend) pathCredsDelete(ctx context.Context, req *logical.Request, d *
 	if err != nil {
 		return responseError(req, err)
 	}
-	rs.acquire()
+	if err := rs.acquireCtx(ctx); err != nil {
+		return nil, err
+	}
 	defer rs.release()
 	role, err := b.role(ctx, req.Storage, name)
 	if err != nil {

@@ -190,7 +190,7 @@ func (b *backend) healthSituation(ctx context.Context, s logical.Storage, name s
 	if err != nil {
 		return sit, err
 	}
-	sit.rejection = account.Rejection
+	sit.rejection = newerRejection(account.Rejection, b.localRejection(cs))
 	sess, _, err := readSession(ctx, s, name)
 	if err != nil {
 		return sit, err
@@ -227,7 +227,7 @@ func (b *backend) connectionsHealth(ctx context.Context, s logical.Storage, used
 		roles := append([]string{}, usedBy[name]...)
 		sort.Strings(roles)
 		c := map[string]any{"roles": roles, "credentials_rejected": false, "credentials_rejected_at": "", "next_login_at": "", "problem": ""}
-		if rej := account.Rejection; rej.appliesTo(conn) {
+		if rej := newerRejection(account.Rejection, b.localRejection(cs)); rej.appliesTo(conn) {
 			c["credentials_rejected"] = true
 			c["credentials_rejected_at"] = formatTime(rej.At)
 			c["next_login_at"] = formatTime(rej.NextLoginAt)

@@ -83,7 +83,9 @@ func (b *backend) roleExists(ctx context.Context, req *logical.Request, d *frame
 func (b *backend) pathRoleWrite(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
 	name := d.Get("name").(string)
 	rs := b.roleState(name)
-	rs.acquire()
+	if err := rs.acquireCtx(ctx); err != nil {
+		return nil, err
+	}
 	defer rs.release()
 
 	old, err := b.role(ctx, req.Storage, name)
@@ -214,7 +216,7 @@ func (b *backend) pathRoleRead(ctx context.Context, req *logical.Request, d *fra
 		if err != nil {
 			return nil, err
 		}
-		if rej := account.Rejection; rej.appliesTo(conn) {
+		if rej := newerRejection(account.Rejection, b.localRejection(cs)); rej.appliesTo(conn) {
 			// The connection's rejection holds back every role of it.
 			data["credentials_rejected_at"] = formatTime(rej.At)
 			data["next_login_at"] = formatTime(rej.NextLoginAt)
@@ -230,7 +232,9 @@ func (b *backend) pathRoleRead(ctx context.Context, req *logical.Request, d *fra
 func (b *backend) pathRoleDelete(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
 	name := d.Get("name").(string)
 	rs := b.roleState(name)
-	rs.acquire()
+	if err := rs.acquireCtx(ctx); err != nil {
+		return nil, err
+	}
 	defer rs.release()
 
 	if err := b.discardSession(ctx, req.Storage, rs, "role deleted"); err != nil {

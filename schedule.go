@@ -121,13 +121,15 @@ func (s *schedule) setLocked(name string, at time.Time) {
 }
 
 // touch makes a role due now, so that the next run re-reads it; used when another
-// node changed it.
-func (s *schedule) touch(name string, now time.Time) {
+// node changed it. It acts only on a built schedule (a node that never runs the
+// background keeps none), and reports whether it did.
+func (s *schedule) touch(name string, now time.Time) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.built {
 		s.setLocked(name, now)
 	}
+	return s.built
 }
 
 // build fills the schedule once from storage; roles set since keep their time.

@@ -2,6 +2,7 @@ package bearer
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -16,8 +17,9 @@ import (
 // roleState is what the engine keeps in memory about one role.
 type roleState struct {
 	name string
-	// lock serialises renewals and changes of the role. A channel, so that a waiter can
-	// give up when its request ends.
+	// lock serialises renewals and changes of the role. A channel, so that a write can
+	// give up when its request ends (a renewal waits: each holder is bounded by
+	// request_timeout).
 	lock chan struct{}
 
 	// view is what the fast path reads: replaced, never changed (but for served).
@@ -99,6 +101,9 @@ type connState struct {
 	account      *accountEntry // nil: not loaded
 	// accountUnsaved marks an account record that could not be written yet.
 	accountUnsaved bool
+	// localRejection is the last rejection this node saw, kept in memory whether or not
+	// storage took it: it holds back logins even when the record cannot be read.
+	localRejection *rejection
 
 	gate loginGate
 }
@@ -107,7 +112,8 @@ type connState struct {
 // unproven; the others wait for its outcome and share it if it failed.
 type loginGate struct {
 	mu sync.Mutex
-	// proven is the credentials version a login last succeeded with.
+	// proven is the credentials version a login last succeeded with (0: none since
+	// this process started, or since a rejection).
 	proven uint64
 	// leader is the login of unproven credentials in progress.
 	leader *gateFlight
@@ -119,56 +125,61 @@ type gateFlight struct {
 	err     error // the outcome, set before done is closed
 }
 
-// enter returns when a password login of credentials version may be sent: at once when
-// they are proven (lead is false, nothing to report), else when this caller leads the
-// login (lead true: it must call leave), or with the error of the login it waited for.
-func (g *loginGate) enter(ctx context.Context, version uint64) (lead bool, err error) {
+// enter returns when a login with credentials version may be sent: at once when they
+// are proven (lead is nil, nothing to report), or when this caller leads the login
+// (lead is set: it must call leave with it), or with the error of the login it waited
+// for. A waiter gives up with its context.
+func (g *loginGate) enter(ctx context.Context, version uint64) (lead *gateFlight, err error) {
 	for {
 		g.mu.Lock()
 		if g.proven == version {
 			g.mu.Unlock()
-			return false, nil
+			return nil, nil
 		}
 		if f := g.leader; f != nil && f.version == version {
 			g.mu.Unlock()
 			select {
 			case <-f.done:
 			case <-ctx.Done():
-				return false, ctx.Err()
+				return nil, ctx.Err()
 			}
 			if f.err != nil {
-				return false, f.err
+				return nil, f.err
 			}
 			continue // proven now
 		}
-		g.leader = &gateFlight{version: version, done: make(chan struct{})}
+		// No login of this version in progress (one of another version may be: its
+		// leader releases its own waiters).
+		f := &gateFlight{version: version, done: make(chan struct{})}
+		g.leader = f
 		g.mu.Unlock()
-		return true, nil
+		return f, nil
 	}
 }
 
-// leave ends a login led through enter with its outcome.
-func (g *loginGate) leave(version uint64, err error) {
-	g.mu.Lock()
-	f := g.leader
-	if err == nil && version >= g.proven {
-		g.proven = version
+// leave ends a login led through enter with its outcome, releasing its waiters.
+func (g *loginGate) leave(f *gateFlight, err error) {
+	if f == nil {
+		return
 	}
-	if f != nil && f.version == version {
+	g.mu.Lock()
+	if err == nil && f.version >= g.proven {
+		g.proven = f.version
+	}
+	if g.leader == f {
 		g.leader = nil
 	}
 	g.mu.Unlock()
-	if f != nil && f.version == version {
-		f.err = err
-		close(f.done)
-	}
+	f.err = err
+	close(f.done)
 }
 
-// unprove makes credentials version unproven again (the provider rejected them).
+// unprove makes credentials version unproven again (the provider rejected them); a
+// zero version makes any unproven.
 func (g *loginGate) unprove(version uint64) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if g.proven == version {
+	if version == 0 || g.proven == version {
 		g.proven = 0
 	}
 }
@@ -220,8 +231,18 @@ func (b *backend) connState(name string) *connState {
 	return v.(*connState)
 }
 
-// lockRole takes a role's lock.
+// acquire takes a role's lock.
 func (rs *roleState) acquire() { rs.lock <- struct{}{} }
+
+// acquireCtx takes a role's lock, or gives up when ctx ends.
+func (rs *roleState) acquireCtx(ctx context.Context) error {
+	select {
+	case rs.lock <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("role %q is busy (a renewal is in progress): try again", rs.name)
+	}
+}
 
 func (rs *roleState) release() { <-rs.lock }
 
@@ -249,7 +270,9 @@ func (rs *roleState) install(v *roleView, epoch uint64) bool {
 	return true
 }
 
-// drop forgets the role's view; the next read loads it from storage.
+// drop forgets the role's view; the next read loads it from storage. An unsaved session
+// stays: it is written only over the stored revision it follows, so storage that moved
+// on wins.
 func (rs *roleState) drop() {
 	rs.mu.Lock()
 	defer rs.mu.Unlock()
@@ -257,7 +280,7 @@ func (rs *roleState) drop() {
 	rs.view.Store(nil)
 }
 
-// entryFor returns the connection's entry if loaded.
+// cached returns the connection's entry if loaded.
 func (cs *connState) cached() *connEntry {
 	cs.mu.Lock()
 	defer cs.mu.Unlock()
@@ -355,11 +378,13 @@ func (b *backend) invalidate(_ context.Context, key string) {
 		cs.accountEpoch++
 		cs.account, cs.accountUnsaved = nil, false
 		cs.mu.Unlock()
+		// Another node may have recorded a rejection: the next login goes alone.
+		cs.gate.unprove(0)
 	}
 }
 
-// forgetRole drops a role's view and its unsaved session (storage has overtaken it) and
-// makes it due, so that the background reads it again.
+// forgetRole drops a role's view and makes it due, so that the background reads it
+// again.
 func (b *backend) forgetRole(name string) {
 	rs := b.roleState(name)
 	rs.drop()
@@ -372,11 +397,12 @@ func (b *backend) forgetConnection(name string) {
 	b.forgetRolesOf(name)
 }
 
-// forgetRolesOf drops the views of the roles using a connection.
+// forgetRolesOf drops the views of the roles using a connection, and bumps the epoch of
+// those with no view (a load in progress may be of this connection).
 func (b *backend) forgetRolesOf(name string) {
 	b.roles.Range(func(_, v any) bool {
 		rs := v.(*roleState)
-		if view := rs.view.Load(); view != nil && view.role.Config == name {
+		if view := rs.view.Load(); view == nil || view.role.Config == name {
 			rs.drop()
 		}
 		return true
@@ -411,8 +437,15 @@ func (b *backend) accountRecord(ctx context.Context, s logical.Storage, cs *conn
 	epoch := cs.accountEpoch
 	cs.mu.Unlock()
 	a := new(accountEntry)
-	if _, err := getJSON(ctx, s, accountPrefix+cs.name, a); err != nil {
+	found, err := getJSON(ctx, s, accountPrefix+cs.name, a)
+	if err != nil {
 		return nil, err
+	}
+	if !found {
+		// A connection of v0.1.0 kept its rejections in its roles' sessions.
+		if a, err = b.migrateAccount(ctx, s, cs); err != nil {
+			return nil, err
+		}
 	}
 	cs.mu.Lock()
 	defer cs.mu.Unlock()
@@ -423,6 +456,71 @@ func (b *backend) accountRecord(ctx context.Context, s logical.Storage, cs *conn
 		return cs.account, nil
 	}
 	return a, nil
+}
+
+// migrateAccount builds the account record of a connection that has none (written by
+// v0.1.0): the newest rejection its roles' sessions recorded. It is written when this
+// node may write, so that this happens once.
+func (b *backend) migrateAccount(ctx context.Context, s logical.Storage, cs *connState) (*accountEntry, error) {
+	a := new(accountEntry)
+	names, err := s.List(ctx, rolePrefix)
+	if err != nil {
+		return nil, fmt.Errorf("listing roles: %w", err)
+	}
+	for _, name := range names {
+		role, err := b.role(ctx, s, name)
+		if err != nil {
+			return nil, err
+		}
+		if role == nil || role.Config != cs.name {
+			continue
+		}
+		_, rej, err := readSession(ctx, s, name)
+		if err != nil {
+			return nil, err
+		}
+		if rej != nil && (a.Rejection == nil || rej.At.After(a.Rejection.At)) {
+			a.Rejection = rej
+		}
+	}
+	if b.canWrite() {
+		if err := putJSON(ctx, s, accountPrefix+cs.name, a); err != nil {
+			b.Logger().Warn("could not write the connection's state", "connection", cs.name, "error", err)
+		}
+	}
+	return a, nil
+}
+
+// rejectionOf is the connection's rejection: the newer of the stored record's and the
+// one this node last saw. With an error the record could not be read: the rejection
+// returned is then only what this node saw.
+func (b *backend) rejectionOf(ctx context.Context, s logical.Storage, cs *connState) (*rejection, error) {
+	cs.mu.Lock()
+	local := cs.localRejection
+	cs.mu.Unlock()
+	a, err := b.accountRecord(ctx, s, cs)
+	if err != nil {
+		return local, err
+	}
+	return newerRejection(a.Rejection, local), nil
+}
+
+// localRejection is the last rejection this node saw for a connection.
+func (b *backend) localRejection(cs *connState) *rejection {
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	return cs.localRejection
+}
+
+// newerRejection is the later of two rejections (nil when both are).
+func newerRejection(a, b *rejection) *rejection {
+	switch {
+	case a == nil:
+		return b
+	case b == nil || !b.At.After(a.At):
+		return a
+	}
+	return b
 }
 
 // updateAccount changes a connection's account record with change (which returns false

@@ -349,25 +349,28 @@ func (r *renewal) due() bool {
 
 func (r *renewal) now() time.Time { return r.b.now() }
 
-func (r *renewal) situation() situation {
-	var rej *rejection
-	if a, err := r.b.accountRecord(r.ctx, r.s, r.cs); err == nil {
-		rej = a.Rejection
-	}
+// situation is what decide looks at now; err says the connection's rejection record
+// could not be read (the rejection is then only what this node saw).
+func (r *renewal) situation() (situation, error) {
+	rej, err := r.b.rejectionOf(r.ctx, r.s, r.cs)
 	return situation{
 		now: r.now(), force: r.force, minTTL: r.minTTL, tokens: r.sess.Tokens,
 		failure: r.sess.Failure, connRevision: r.conn.Revision, rejection: rej, conn: r.conn,
-	}
+	}, err
 }
 
 // run decides and acts until the renewal has an answer.
 func (r *renewal) run() (tokenResult, error) {
 	for {
-		sit := r.situation()
+		sit, recordErr := r.situation()
 		next := decide(sit)
 		if next != stepServe && !r.b.canWrite() {
 			// Let Vault run the request on a node that can write, before any provider call.
 			return tokenResult{}, logical.ErrReadOnly
+		}
+		if next == stepLogin && recordErr != nil {
+			// Whether the provider rejected these credentials is not known: no login.
+			return r.stale(sit.now, fmt.Errorf("connection %q: no login is tried while its state cannot be read: %w", r.role.Config, recordErr))
 		}
 		switch next {
 		case stepServe:
@@ -382,6 +385,9 @@ func (r *renewal) run() (tokenResult, error) {
 			r.b.bg.schedule(r.rs.name, r.sess.Failure.NextAttemptAt)
 			return r.stale(sit.now, &providerError{errors.New(msgRetryLater(r.sess.Failure.Message, r.sess.Failure.NextAttemptAt))})
 		case stepWaitRejection:
+			if r.background {
+				r.b.bg.schedule(r.rs.name, sit.rejection.NextLoginAt)
+			}
 			return r.stale(sit.now, &providerError{errors.New(msgHeldBack(r.conn, sit.rejection))})
 		case stepRefresh:
 			if res, err, done := r.refresh(); done {
@@ -461,6 +467,13 @@ func (r *renewal) storageHoldsUnmarked(rt string) bool {
 
 // login logs in with the password (L1 to L5 in docs/renewal.md).
 func (r *renewal) login() (tokenResult, error) {
+	if cur := r.cs.cached(); cur != nil && cur != r.conn {
+		// The connection changed since this renewal loaded it: log in as it is now.
+		if cur.AccountVersion != r.conn.AccountVersion {
+			return r.stale(r.now(), &providerError{fmt.Errorf("connection %q changed account during the renewal: read again", r.role.Config)})
+		}
+		r.conn, r.client = cur, nil
+	}
 	if r.conn.grantType() == grantRefresh {
 		// No login: the session was seeded, and it has ended.
 		return r.ended()
@@ -470,9 +483,15 @@ func (r *renewal) login() (tokenResult, error) {
 		return r.failed(err)
 	}
 	version := r.conn.CredentialsVersion
-	// L1: while the credentials are unproven one login goes alone.
-	lead, shared := r.cs.gate.enter(r.ctx, version)
+	// L1: while the credentials are unproven one login goes alone. The leader's login
+	// is bounded by request_timeout; so is the wait for it.
+	gateCtx, cancel := context.WithTimeout(r.ctx, 2*r.conn.RequestTimeout)
+	lead, shared := r.cs.gate.enter(gateCtx, version)
+	cancel()
 	if shared != nil {
+		if errors.Is(shared, context.DeadlineExceeded) {
+			shared = &grantError{kind: failTransient, grant: r.conn.grantType(), detail: "another role's login of this connection did not end within request_timeout"}
+		}
 		return r.failed(shared)
 	}
 	// A login waiting for a request slot while another role's login was rejected is
@@ -481,8 +500,12 @@ func (r *renewal) login() (tokenResult, error) {
 	var rejErr error
 	guard := &requestGuard{
 		before: func() error {
-			if a, err := r.b.accountRecord(r.ctx, r.s, r.cs); err == nil && a.Rejection.holdsBack(r.conn, r.now()) {
-				return &rejectedError{msg: msgHeldBack(r.conn, a.Rejection)}
+			rej, err := r.b.rejectionOf(r.ctx, r.s, r.cs)
+			if rej.holdsBack(r.conn, r.now()) {
+				return &rejectedError{msg: msgHeldBack(r.conn, rej)}
+			}
+			if err != nil {
+				return fmt.Errorf("connection %q: no login is tried while its state cannot be read: %w", r.role.Config, err)
 			}
 			return nil
 		},
@@ -497,15 +520,19 @@ func (r *renewal) login() (tokenResult, error) {
 	if rejErr != nil {
 		err = rejErr
 	}
-	if lead {
-		r.cs.gate.leave(version, err)
-	}
+	r.cs.gate.leave(lead, err)
 	if err != nil {
 		return r.failed(err)
 	}
-	// L3: lift a rejection of these credentials, then save the session.
+	// L3: lift a rejection of these credentials (never one of newer credentials), then
+	// save the session.
+	r.cs.mu.Lock()
+	if l := r.cs.localRejection; l != nil && l.CredentialsVersion <= r.conn.CredentialsVersion {
+		r.cs.localRejection = nil
+	}
+	r.cs.mu.Unlock()
 	if err := r.b.updateAccount(r.ctx, r.s, r.cs, func(a *accountEntry) bool {
-		if a.Rejection == nil {
+		if a.Rejection == nil || a.Rejection.CredentialsVersion > r.conn.CredentialsVersion {
 			return false
 		}
 		a.Rejection = nil
@@ -563,24 +590,41 @@ func (r *renewal) ended() (tokenResult, error) {
 }
 
 // rejected records that the provider rejected the connection's credentials, for every
-// role of the connection, and returns the error readers get.
+// role of the connection (in memory at once, then in storage), and returns the error
+// readers get.
 func (r *renewal) rejected(ge *grantError) error {
 	now := r.now()
 	cause := r.redact(ge.Error())
-	var rec rejection
-	err := r.b.updateAccount(r.ctx, r.s, r.cs, func(a *accountEntry) bool {
-		prev := a.Rejection
-		if prev.holdsBack(r.conn, now) {
+	next := func(prev *rejection) (rejection, bool) {
+		switch {
+		case prev != nil && prev.CredentialsVersion > r.conn.CredentialsVersion:
+			// A rejection of newer credentials (this renewal's entry is older): it stays.
+			return *prev, false
+		case prev.holdsBack(r.conn, now):
 			// Another role's concurrent login already recorded this rejection.
-			rec = *prev
-			return false
+			return *prev, false
 		}
-		rec = rejection{CredentialsVersion: r.conn.CredentialsVersion, At: now, Count: 1, Cause: cause, Client: ge.clientRejected()}
+		rec := rejection{CredentialsVersion: r.conn.CredentialsVersion, At: now, Count: 1, Cause: cause, Client: ge.clientRejected()}
 		if prev.appliesTo(r.conn) {
 			rec.Count = prev.Count + 1
 		}
 		rec.NextLoginAt = now.Add(rejectionBackoffFor(rec.Count))
-		a.Rejection = &rec
+		return rec, true
+	}
+	known, _ := r.b.rejectionOf(r.ctx, r.s, r.cs)
+	rec, _ := next(known)
+	r.cs.mu.Lock()
+	r.cs.localRejection = newerRejection(r.cs.localRejection, &rec)
+	r.cs.mu.Unlock()
+	err := r.b.updateAccount(r.ctx, r.s, r.cs, func(a *accountEntry) bool {
+		stored, changed := next(a.Rejection)
+		if !changed {
+			return false
+		}
+		if stored.At.Before(rec.At) {
+			stored = rec
+		}
+		a.Rejection = &stored
 		return true
 	})
 	if err != nil {
@@ -590,6 +634,9 @@ func (r *renewal) rejected(ge *grantError) error {
 	r.cs.gate.unprove(r.conn.CredentialsVersion)
 	r.b.Logger().Warn("provider rejected the login", "role", r.rs.name, "connection", r.role.Config, "as", loginIdentity(r.conn),
 		"client_rejected", rec.Client, "next_login_at", formatTime(rec.NextLoginAt))
+	if rec.CredentialsVersion != r.conn.CredentialsVersion {
+		return &rejectedError{msg: msgHeldBack(r.conn, &rec)}
+	}
 	return &rejectedError{msg: msgRejected(r.conn, &rec)}
 }
 
@@ -609,7 +656,8 @@ func (r *renewal) takeSpare() (bool, error) {
 	var taken, stale *spareSession
 	err = r.b.updateAccount(r.ctx, r.s, r.cs, func(a *accountEntry) bool {
 		switch {
-		case a.Spare == nil:
+		case a.Spare == nil, a.Spare.AccountVersion > r.conn.AccountVersion:
+			// None, or the spare of a newer account than this renewal's.
 			return false
 		case a.Spare.usable(r.conn, now):
 			taken = a.Spare
@@ -694,15 +742,14 @@ func (r *renewal) failed(cause error) (tokenResult, error) {
 	f.LastErrorAt = now
 	f.LastError = msg
 	if ge != nil {
-		f.LastError = msg
 		msg = msgProviderFailure(r.role.Config, r.conn.TokenURL, msg, ge.advice())
 	}
 	f.Message = msg
 	if errors.As(cause, &rerr) {
 		// The rejection's own backoff holds back the next login, for every role.
 		f.NextAttemptAt, f.ConnRevision = time.Time{}, 0
-		if a, err := r.b.accountRecord(r.ctx, r.s, r.cs); err == nil && a.Rejection != nil {
-			f.LastError = a.Rejection.Cause
+		if rej, _ := r.b.rejectionOf(r.ctx, r.s, r.cs); rej != nil {
+			f.LastError = rej.Cause
 		}
 	} else {
 		window := retryWindow(f.Failures)
