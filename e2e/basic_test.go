@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"encoding/json"
 	"context"
 	"net/http"
 	"strings"
@@ -100,6 +101,49 @@ func TestRegisterEnableRead(t *testing.T) {
 		out, errOut, err := s.CLI(s.Token, "path-help", path)
 		if err != nil || len(strings.TrimSpace(out)) == 0 {
 			t.Errorf("vault path-help %s: %v\n%s%s", path, err, out, errOut)
+		}
+	}
+
+	// The OpenAPI document Vault serves describes the creds response fields (Vault drops
+	// the $refs of a plugin's document: they are inline), and creds delete takes no
+	// min_ttl.
+	spec := s.MustDo(http.MethodGet, "/v1/sys/internal/specs/openapi", nil, http.StatusOK)
+	var doc struct {
+		Paths map[string]struct {
+			Get struct {
+				Responses map[string]struct {
+					Content map[string]struct {
+						Schema struct {
+							Properties map[string]struct {
+								Description string `json:"description"`
+							} `json:"properties"`
+						} `json:"schema"`
+					} `json:"content"`
+				} `json:"responses"`
+			} `json:"get"`
+			Delete struct {
+				Parameters []struct {
+					Name string `json:"name"`
+				} `json:"parameters"`
+			} `json:"delete"`
+		} `json:"paths"`
+	}
+	if err := json.Unmarshal(spec.Body, &doc); err != nil {
+		t.Fatal(err)
+	}
+	creds, ok := doc.Paths["/bearer/creds/{name}"]
+	if !ok {
+		t.Fatalf("no /bearer/creds/{name} in Vault's OpenAPI document")
+	}
+	props := creds.Get.Responses["200"].Content["application/json"].Schema.Properties
+	for _, field := range []string{"access_token", "expires_at", "expires_in", "ttl", "rotation_period", "last_vault_rotation"} {
+		if props[field].Description == "" {
+			t.Errorf("Vault's OpenAPI document does not describe the creds response field %s: %v", field, props)
+		}
+	}
+	for _, p := range creds.Delete.Parameters {
+		if p.Name == "min_ttl" {
+			t.Error("Vault's OpenAPI document lists min_ttl for creds delete")
 		}
 	}
 
