@@ -44,6 +44,8 @@ type background struct {
 	// timer wakes the dispatcher at timerAt.
 	timer   func() bool
 	timerAt time.Time
+	// gen counts stops: a timer armed before one does nothing.
+	gen uint64
 }
 
 // connQueue is one connection's background work, earliest deadline first: when it
@@ -247,8 +249,13 @@ func (bg *background) touch(name string) {
 func (bg *background) armLocked(at time.Time) {
 	bg.disarmLocked()
 	bg.timerAt = at
+	gen := bg.gen
 	bg.timer = bg.b.afterFunc(max(at.Sub(bg.b.now()), 0), func() {
 		bg.mu.Lock()
+		if bg.gen != gen {
+			bg.mu.Unlock()
+			return // armed before a stop
+		}
 		if bg.timerAt.Equal(at) {
 			bg.timer = nil // fired: the next schedule arms a new one
 		}
@@ -284,6 +291,7 @@ func (bg *background) goTracked(f func(ctx context.Context)) {
 func (bg *background) stop() {
 	bg.mu.Lock()
 	bg.stopped, bg.active = true, false
+	bg.gen++
 	bg.disarmLocked()
 	bg.cancel()
 	bg.mu.Unlock()
@@ -349,6 +357,11 @@ func (b *backend) renewInBackground(ctx context.Context, name string) {
 		b.metrics.background(backgroundRenewed)
 	case err == nil && res.how == answeredStale:
 		b.metrics.background(backgroundFailed)
+		// Served the old token without a new one (a mark not written, the account
+		// record unreadable): unless the renewal scheduled its next look, try again.
+		if b.bg.sched.setIfAbsent(name, b.now().Add(time.Minute)) {
+			b.bg.schedule(name, b.now().Add(time.Minute))
+		}
 	case err == nil, errors.As(err, &uerr):
 		// Not due after all, or the role (or its connection) is gone.
 		b.metrics.background(backgroundSkipped)

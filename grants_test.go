@@ -263,3 +263,35 @@ func TestGrants_OfflineAccess(t *testing.T) {
 		t.Errorf("config read: %v", conf)
 	}
 }
+
+// TestGrants_SeedTwiceAndConfigurationRefusal: seeding the refresh token the role's
+// session already holds is refused (it would be presented twice); a refresh refused for
+// a reason of configuration keeps a seeded session (no login can replace it) until the
+// connection is fixed.
+func TestGrants_SeedTwiceAndConfigurationRefusal(t *testing.T) {
+	env := getTestBackend(t)
+	p := newFakeProvider(t, "apiax", env.clock)
+	env.mustOK(t, logical.UpdateOperation, "config/seeded", map[string]any{
+		"grant_type": grantRefresh, "provider": "apiax", "issuer": p.srv.URL + apiaxRealm, "ca_cert": p.caPEM(),
+		"refresh_params": map[string]any{}, // without client_assertion_type: refused with invalid_request
+	})
+	env.mustOK(t, logical.UpdateOperation, "roles/app", map[string]any{"config": "seeded"})
+	p.mu.Lock()
+	p.live["rt-seed-rrrrrrrr"] = true
+	p.mu.Unlock()
+	msg := env.mustFail(t, logical.UpdateOperation, "creds/app", map[string]any{"refresh_token": "rt-seed-rrrrrrrr"})
+	if !strings.Contains(msg, "client_assertion_type missing") {
+		t.Errorf("seeding with a refused refresh grant: %s", msg)
+	}
+	if st := env.storedSession(t, "app"); st.Tokens.RefreshToken != "rt-seed-rrrrrrrr" || !st.Tokens.RefreshSentAt.IsZero() {
+		t.Errorf("the seeded session was not kept for the fix: %+v", st.Tokens)
+	}
+	if msg := env.mustFail(t, logical.UpdateOperation, "creds/app", map[string]any{"refresh_token": "rt-seed-rrrrrrrr"}); !strings.Contains(msg, "this refresh token is already the role's session") {
+		t.Errorf("the same seed again: %s", msg)
+	}
+	// Fixed: the seed, refused unread, serves.
+	env.mustOK(t, logical.UpdateOperation, "config/seeded", map[string]any{"refresh_params": "client_assertion_type=" + assertionType})
+	if got := env.readCreds(t, "app").Data["access_token"]; got == nil || p.calls(grantRefresh) != 2 {
+		t.Errorf("after the fix: %v, %d refreshes (the refused one and this)", got, p.calls(grantRefresh))
+	}
+}

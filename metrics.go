@@ -103,10 +103,14 @@ func (m *metrics) gather() ([]*dto.MetricFamily, error) {
 
 // observer returns what a connection's client tells of each token request: its grant,
 // its error (nil on success) and how long the provider took.
-func (m *metrics) observer(conn string) func(grant string, err error, latency time.Duration) {
-	// Every series of the connection exists from its first client on, at 0, so that
-	// a first rejection is an increase too.
-	for _, grant := range []string{grantPassword, grantRefresh} {
+func (m *metrics) observer(conn string, entry *connEntry) func(grant string, err error, latency time.Duration) {
+	// Every series of the connection's grants exists from its first client on, at 0,
+	// so that a first rejection is an increase too.
+	grants := []string{grantRefresh}
+	if g := entry.grantType(); g != grantRefresh {
+		grants = append(grants, g)
+	}
+	for _, grant := range grants {
 		for _, o := range []string{outcomeSuccess, outcomeRejected, outcomeTransient, outcomeAmbiguous, outcomeInvalid} {
 			m.requests.WithLabelValues(conn, grant, o)
 		}
@@ -217,7 +221,7 @@ func (c stateCollector) Collect(ch chan<- prometheus.Metric) {
 			if t := &s.Tokens; t.AccessToken != "" {
 				gauge(accessLeftDesc, secondsUntil(t.ExpiresAt), rs.name)
 			}
-			if t := &s.Tokens; t.RefreshToken != "" && !t.RefreshExpiresAt.IsZero() {
+			if t := &s.Tokens; t.RefreshToken != "" && t.RefreshSentAt.IsZero() && !t.RefreshExpiresAt.IsZero() {
 				gauge(refreshLeftDesc, secondsUntil(t.RefreshExpiresAt), rs.name)
 			}
 		}

@@ -314,7 +314,7 @@ func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *
 		// Tokens of the old account are of no use: no read serves them from now on,
 		// and their sessions end at the old provider.
 		b.forgetRolesOf(name)
-		b.endSessionsOf(req.Storage, old, account.Spare)
+		b.endSessionsOf(b.storage, old, account.Spare)
 	}
 	if verified != nil {
 		cs.gate.prove(entry.CredentialsVersion)
@@ -543,8 +543,15 @@ func mergeConnection(old *connEntry, d *framework.FieldData) (*connEntry, []stri
 	if err := validateConnection(entry); err != nil {
 		return nil, nil, err
 	}
+	if old == nil {
+		// Versions of a new connection start where no state left by an older one of
+		// the same name (a rejection, a session) can match them.
+		entry.AccountVersion = uint64(time.Now().UnixNano())
+		entry.CredentialsVersion = entry.AccountVersion
+	}
 	if old == nil || old.Password != entry.Password || old.ClientSecret != entry.ClientSecret || old.ClientAuth != entry.ClientAuth ||
-		old.ClientPrivateKey != entry.ClientPrivateKey || old.ClientPrivateKeyID != entry.ClientPrivateKeyID {
+		old.ClientPrivateKey != entry.ClientPrivateKey || old.ClientPrivateKeyID != entry.ClientPrivateKeyID ||
+		old.ClientAssertionAudience != entry.ClientAssertionAudience {
 		entry.CredentialsVersion++
 	}
 	if old == nil || old.TokenURL != entry.TokenURL || old.ClientID != entry.ClientID || old.Username != entry.Username || old.grantType() != entry.grantType() {
@@ -658,7 +665,7 @@ func (b *backend) verifyLogin(ctx context.Context, cs *connState, entry *connEnt
 	}
 	defer c.http.CloseIdleConnections()
 	c.slots = b.requestSlots(cs, nil)
-	c.observe = b.metrics.observer(cs.name)
+	c.observe = b.metrics.observer(cs.name, entry)
 	return c.login(ctx, nil, maxAttemptRequests, nil)
 }
 

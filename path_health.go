@@ -74,7 +74,22 @@ func judgeRole(s healthSituation) roleHealth {
 		return roleHealth{state: healthFailing, problem: msgUnknownConnection(s.name, s.role.Config)}
 	}
 	if s.rejection.appliesTo(s.conn) {
+		// Rejected credentials need an operator, whether or not the role still serves
+		// its current session.
 		return roleHealth{state: healthFailing, problem: fmt.Sprintf("role %q: the credentials of its connection %q were rejected", s.name, s.role.Config)}
+	}
+	if s.conn.grantType() == grantRefresh {
+		var t *sessionTokens
+		if s.sess != nil {
+			t = &s.sess.Tokens
+		}
+		if t == nil || (!t.valid(s.now) && !t.refreshable(s.now)) {
+			cause := ""
+			if s.sess != nil {
+				cause = s.sess.Failure.LastError
+			}
+			return roleHealth{state: healthFailing, problem: msgSessionEnded(s.name, s.role.Config, cause)}
+		}
 	}
 	if s.sess == nil {
 		return roleHealth{healthy: true, state: healthNoToken}

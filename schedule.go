@@ -120,6 +120,17 @@ func (s *schedule) setLocked(name string, at time.Time) {
 	}
 }
 
+// setIfAbsent records when a role is next due unless it is scheduled already.
+func (s *schedule) setIfAbsent(name string, at time.Time) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.due[name]; ok {
+		return false
+	}
+	s.setLocked(name, at)
+	return true
+}
+
 // touch makes a role due now, so that the next run re-reads it; used when another
 // node changed it. It acts only on a built schedule (a node that never runs the
 // background keeps none), and reports whether it did.

@@ -326,7 +326,7 @@ func (b *backend) tokenClient(cs *connState, entry *connEntry) (*tokenClient, er
 		return nil, err
 	}
 	c.slots = cs.slotsLocked(entry)
-	c.observe = b.metrics.observer(cs.name)
+	c.observe = b.metrics.observer(cs.name, entry)
 	if cs.entry == entry {
 		if cs.client != nil {
 			cs.client.http.CloseIdleConnections()
@@ -377,6 +377,8 @@ func (b *backend) invalidate(_ context.Context, key string) {
 		cs.mu.Lock()
 		cs.accountEpoch++
 		cs.account, cs.accountUnsaved = nil, false
+		// Another node wrote the record (or it was deleted): it is the truth now.
+		cs.localRejection = nil
 		cs.mu.Unlock()
 		// Another node may have recorded a rejection: the next login goes alone.
 		cs.gate.unprove(0)

@@ -66,7 +66,8 @@ func decide(s situation) step {
 		return stepServe
 	case s.failure.ConnRevision == s.connRevision && s.now.Before(s.failure.NextAttemptAt):
 		return stepWaitRetry
-	case s.tokens.refreshable(s.now):
+	case s.tokens.refreshable(s.now) && !(s.rejection != nil && s.rejection.Client && s.rejection.holdsBack(s.conn, s.now)):
+		// A refresh authenticates the client: a rejected client waits like a login.
 		return stepRefresh
 	case s.rejection.holdsBack(s.conn, s.now):
 		return stepWaitRejection
@@ -441,6 +442,12 @@ func (r *renewal) refresh() (tokenResult, error, bool) {
 	var ge *grantError
 	errors.As(gerr, &ge)
 	switch {
+	case ge != nil && ge.kind == failRejected && ge.refreshRefusedByConfiguration() && r.conn.grantType() == grantRefresh:
+		// Refused before the provider looked at the token, and no login can replace it:
+		// the seeded session stays, for the connection to be fixed (R3).
+		r.sess.Tokens.RefreshSentAt = time.Time{}
+		res, err := r.failed(gerr)
+		return res, err, true
 	case ge != nil && ge.kind == failRejected && ge.refreshRefusedByConfiguration():
 		r.refused = r.redact(ge.Error())
 		r.spent = r.refused
@@ -546,7 +553,11 @@ func (r *renewal) login() (tokenResult, error) {
 // plant replaces the role's session by one of refresh token seed (the old session ends
 // at the provider) and saves it, so that the renewal that follows presents the seed.
 func (r *renewal) plant(seed string) error {
-	if old := r.sess.Tokens.RefreshToken; old != "" && old != seed {
+	if seed == r.sess.Tokens.RefreshToken || (r.stored != nil && seed == r.stored.Tokens.RefreshToken) {
+		// Presented already, or about to be: never twice.
+		return &userError{msg: fmt.Sprintf("role %q: this refresh token is already the role's session (or was presented by it): seed a new one", r.rs.name)}
+	}
+	if old := r.sess.Tokens.RefreshToken; old != "" {
 		r.b.revokeWith(r.ctx, r.cs, r.conn, old, r.rs.name)
 	}
 	r.sess.Tokens = sessionTokens{RefreshToken: seed}
@@ -558,6 +569,8 @@ func (r *renewal) plant(seed string) error {
 	r.force = true
 	r.b.Logger().Info("session seeded with a refresh token", "role", r.rs.name, "connection", r.role.Config)
 	if err := r.save(); err != nil {
+		r.rs.unsaved.Store(nil) // not kept: the operator seeds again
+		r.rs.drop()
 		return fmt.Errorf("role %q: the seeded session could not be saved: %w", r.rs.name, err)
 	}
 	return nil
@@ -578,6 +591,7 @@ func (r *renewal) ended() (tokenResult, error) {
 	}
 	if f.Message != msg {
 		f.Message, f.LastErrorAt = msg, now
+		f.Failures = max(f.Failures, 1)
 		if f.LastError == "" {
 			f.LastError = cmp.Or(cause, "no session was seeded")
 		}
@@ -629,6 +643,13 @@ func (r *renewal) rejected(ge *grantError) error {
 	})
 	if err != nil {
 		r.b.Logger().Warn("could not save the connection's rejection record; it is kept in memory", "connection", r.role.Config, "error", err)
+	} else {
+		// Stored (and cached): the record speaks for it from now on.
+		r.cs.mu.Lock()
+		if l := r.cs.localRejection; l != nil && !l.At.After(rec.At) {
+			r.cs.localRejection = nil
+		}
+		r.cs.mu.Unlock()
 	}
 	// Unproven again: after the backoff one login goes alone.
 	r.cs.gate.unprove(r.conn.CredentialsVersion)
