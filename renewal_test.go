@@ -78,6 +78,10 @@ func TestDecide(t *testing.T) {
 		"rejected credentials: a refresh token still serves": {
 			sit: situation{tokens: expired, rejection: rejected}, want: stepRefresh,
 		},
+		"rejected client: a refresh (which authenticates it) waits too": {
+			sit:  situation{tokens: expired, rejection: &rejection{CredentialsVersion: 3, Client: true, NextLoginAt: t0.Add(time.Minute)}},
+			want: stepWaitRejection,
+		},
 		"rejected credentials, no refresh token: wait for the backoff": {
 			sit: situation{rejection: rejected}, want: stepWaitRejection,
 		},
