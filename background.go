@@ -51,26 +51,8 @@ type background struct {
 // connQueue is one connection's background work, earliest deadline first: when it
 // backs up, the tokens reads are about to stop accepting go first.
 type connQueue struct {
-	items   deadlineQueue
+	items   dueQueue // at: the deadline
 	workers int
-}
-
-type queued struct {
-	name     string
-	deadline time.Time
-}
-
-type deadlineQueue []queued
-
-func (q deadlineQueue) Len() int           { return len(q) }
-func (q deadlineQueue) Less(i, j int) bool { return q[i].deadline.Before(q[j].deadline) }
-func (q deadlineQueue) Swap(i, j int)      { q[i], q[j] = q[j], q[i] }
-func (q *deadlineQueue) Push(x any)        { *q = append(*q, x.(queued)) }
-func (q *deadlineQueue) Pop() any {
-	old := *q
-	item := old[len(old)-1]
-	*q = old[:len(old)-1]
-	return item
 }
 
 func newBackground(b *backend) *background {
@@ -162,7 +144,7 @@ func (bg *background) enqueue(name string) {
 		q = &connQueue{}
 		bg.queues[conn] = q
 	}
-	heap.Push(&q.items, queued{name: name, deadline: deadline})
+	heap.Push(&q.items, dueItem{name: name, at: deadline})
 	// One connection never takes more than half the global bound: a hanging provider
 	// leaves the others room.
 	if q.workers < min(limit, maxBackgroundRenewals/2) {
@@ -185,7 +167,7 @@ func (bg *background) work(conn string, q *connQueue) {
 			bg.mu.Unlock()
 			return
 		}
-		name := heap.Pop(&q.items).(queued).name
+		name := heap.Pop(&q.items).(dueItem).name
 		bg.mu.Unlock()
 
 		select {

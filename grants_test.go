@@ -206,10 +206,7 @@ func TestGrants_PrivateKeyJWT(t *testing.T) {
 func TestGrants_SeededSession(t *testing.T) {
 	env := getTestBackend(t)
 	p := newFakeProvider(t, "mindbaz", env.clock)
-	env.mustOK(t, logical.UpdateOperation, "config/seeded", map[string]any{
-		"grant_type": grantRefresh, "token_url": p.tokenURL(), "ca_cert": p.caPEM(), "client_id": "100",
-	})
-	env.mustOK(t, logical.UpdateOperation, "roles/app", map[string]any{"config": "seeded"})
+	withSeededConnection(t, env, p)
 	if msg := env.mustFail(t, logical.ReadOperation, "creds/app", nil); !strings.Contains(msg, `role "app" has no session, and connection "seeded" (grant_type=refresh_token) cannot log in`) || !strings.Contains(msg, "vault write bearer/creds/app refresh_token=-") {
 		t.Errorf("read before seeding: %s", msg)
 	}

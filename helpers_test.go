@@ -1159,3 +1159,54 @@ func (s *gatedStorage) Get(ctx context.Context, key string) (*logical.StorageEnt
 	}
 	return entry, err
 }
+
+// failingGets fails every Get of keys under prefix while on is set.
+type failingGets struct {
+	logical.Storage
+	prefix string
+	on     atomic.Bool
+}
+
+func (s *failingGets) Get(ctx context.Context, key string) (*logical.StorageEntry, error) {
+	if s.on.Load() && strings.HasPrefix(key, s.prefix) {
+		return nil, fmt.Errorf("storage read timed out (test)")
+	}
+	return s.Storage.Get(ctx, key)
+}
+
+// putLegacyRejection stores role's session as v0.1.0 wrote it after the provider
+// rejected conn's credentials at rejectedAt, and removes conn's accounts/ record, which
+// v0.1.0 did not have.
+func (e *testEnv) putLegacyRejection(tb testing.TB, role string, conn *connEntry, rejectedAt time.Time) {
+	tb.Helper()
+	ctx := context.Background()
+	old := fmt.Sprintf(`{"config":%q,"account_version":%d,"last_error":"password grant failed: invalid_grant (HTTP 401)",`+
+		`"credentials_rejected_at":%q,"rejected_credentials_version":%d,"rejections":1,"consecutive_failures":1}`,
+		conn.name, conn.AccountVersion, rejectedAt.Format(time.RFC3339Nano), conn.CredentialsVersion)
+	if err := e.storage.Put(ctx, &logical.StorageEntry{Key: tokenPrefix + role, Value: []byte(old)}); err != nil {
+		tb.Fatal(err)
+	}
+	if err := e.storage.Delete(ctx, accountPrefix+conn.name); err != nil {
+		tb.Fatal(err)
+	}
+}
+
+// withFailingAccountReads is a backend whose storage fails the reads of accounts/
+// while the returned switch is on, with Mindbaz's provider and role "app".
+func withFailingAccountReads(tb testing.TB) (*testEnv, *fakeProvider, *atomic.Bool) {
+	tb.Helper()
+	env := getTestBackend(tb)
+	fg := &failingGets{Storage: env.storage.Storage, prefix: accountPrefix}
+	env.storage.Storage = fg
+	return env, withMindbaz(tb, env, 0, nil, nil), &fg.on
+}
+
+// withSeededConnection writes connection "seeded" (grant_type=refresh_token) to p and
+// role "app" using it.
+func withSeededConnection(tb testing.TB, env *testEnv, p *fakeProvider) {
+	tb.Helper()
+	env.mustOK(tb, logical.UpdateOperation, "config/seeded", map[string]any{
+		"grant_type": grantRefresh, "token_url": p.tokenURL(), "ca_cert": p.caPEM(), "client_id": "100",
+	})
+	env.mustOK(tb, logical.UpdateOperation, "roles/app", map[string]any{"config": "seeded"})
+}

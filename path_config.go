@@ -317,7 +317,9 @@ func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *
 		b.endSessionsOf(b.storage, old, account.Spare)
 	}
 	if verified != nil {
+		// The login just proved these credentials.
 		cs.gate.prove(entry.CredentialsVersion)
+		b.liftRejection(ctx, req.Storage, cs, entry.CredentialsVersion)
 		b.keepSpare(ctx, req.Storage, cs, entry, verified, old == nil || accountChanged)
 	}
 	b.Logger().Info("connection saved", "connection", name, "provider", entry.Provider, "grant_type", entry.grantType(), "as", loginIdentity(entry))
@@ -353,20 +355,7 @@ func (b *backend) verifyFailed(ctx context.Context, s logical.Storage, cs *connS
 	if old == nil || old.CredentialsVersion != entry.CredentialsVersion || !errors.As(err, &ge) || !ge.credentialsRejected() {
 		return
 	}
-	now := b.now()
-	cause := newRedactor(entry.Password, entry.ClientSecret).redact(ge.Error())
-	if uerr := b.updateAccount(ctx, s, cs, func(a *accountEntry) bool {
-		rec := rejection{CredentialsVersion: old.CredentialsVersion, At: now, Count: 1, Cause: cause, Client: ge.clientRejected()}
-		if a.Rejection.appliesTo(old) {
-			rec.Count = a.Rejection.Count + 1
-		}
-		rec.NextLoginAt = now.Add(rejectionBackoffFor(rec.Count))
-		a.Rejection = &rec
-		return true
-	}); uerr != nil {
-		b.Logger().Warn("could not save the connection's rejection record", "connection", cs.name, "error", uerr)
-	}
-	cs.gate.unprove(old.CredentialsVersion)
+	b.recordRejection(ctx, s, cs, old, ge, newRedactor(entry.Password, entry.ClientSecret).redact(ge.Error()))
 }
 
 // keepSpare keeps the verify login's session for the first role of the connection that
@@ -378,28 +367,11 @@ func (b *backend) keepSpare(ctx context.Context, s logical.Storage, cs *connStat
 	err := b.updateAccount(ctx, s, cs, func(a *accountEntry) bool {
 		replaced = a.Spare
 		a.Spare = nil
-		lifted := a.Rejection != nil && a.Rejection.CredentialsVersion <= entry.CredentialsVersion
-		if lifted {
-			// The login just proved these credentials.
-			a.Rejection = nil
-		}
 		if wanted {
-			now := b.now()
-			t := sessionTokens{
-				AccessToken: tok.AccessToken, TokenType: tok.TokenType, Scope: tok.Scope,
-				ObtainedAt: tok.Started, ExpiresAt: tok.ExpiresAt, Grant: entry.grantType(),
-				RefreshToken: tok.RefreshToken, RefreshExpiresAt: tok.RefreshExpiresAt,
-			}
-			if t.ObtainedAt.IsZero() {
-				t.ObtainedAt = now
-			}
-			if t.RefreshToken != "" && t.RefreshExpiresAt.IsZero() && entry.RefreshTokenTTL > 0 {
-				t.RefreshExpiresAt = t.ObtainedAt.Add(entry.RefreshTokenTTL)
-			}
-			a.Spare = &spareSession{AccountVersion: entry.AccountVersion, Tokens: t}
+			a.Spare = &spareSession{AccountVersion: entry.AccountVersion, Tokens: tokensFrom(tok, entry.grantType(), entry, b.now())}
 			kept = true
 		}
-		return replaced != nil || kept || lifted
+		return replaced != nil || kept
 	})
 	if err != nil {
 		kept = false

@@ -94,8 +94,8 @@ func (b *backend) creds(ctx context.Context, req *logical.Request, d *framework.
 	name := d.Get("name").(string)
 	var res tokenResult
 	var err error
-	if v, ok := d.GetOk("refresh_token"); ok && force {
-		seed, _ := trimLineEnd(v.(string))
+	if v, ok := seedOf(d, force); ok {
+		seed, _ := trimLineEnd(v)
 		if seed == "" {
 			return logical.ErrorResponse("role %q: refresh_token is empty", name), nil
 		}
@@ -114,6 +114,19 @@ func (b *backend) creds(ctx context.Context, req *logical.Request, d *framework.
 	}
 	b.metrics.read(name, res.how)
 	return credsResponse(&res, req.MountPoint), nil
+}
+
+// seedOf is the refresh token a creds write seeds the role's session with; reads,
+// the hot path, do not look.
+func seedOf(d *framework.FieldData, force bool) (string, bool) {
+	if !force {
+		return "", false
+	}
+	v, ok := d.GetOk("refresh_token")
+	if !ok {
+		return "", false
+	}
+	return v.(string), true
 }
 
 // isUnknownRole reports whether err says that the role read does not exist. Such reads

@@ -7,7 +7,6 @@ import (
 	"net/url"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -15,20 +14,6 @@ import (
 )
 
 // Regression tests of the review of the renewal rewrite: each failed before its fix.
-
-// failingGets fails every Get of keys under prefix while on is set.
-type failingGets struct {
-	logical.Storage
-	prefix string
-	on     atomic.Bool
-}
-
-func (s *failingGets) Get(ctx context.Context, key string) (*logical.StorageEntry, error) {
-	if s.on.Load() && strings.HasPrefix(key, s.prefix) {
-		return nil, fmt.Errorf("storage read timed out (test)")
-	}
-	return s.Storage.Get(ctx, key)
-}
 
 // loginsWith counts the password grants that carried password pw.
 func loginsWith(p *fakeProvider, pw string) int {
@@ -116,32 +101,26 @@ func TestRegression_VerifyRejectionUnproves(t *testing.T) {
 // memory and still holds back the next login.
 func TestRegression_AccountRecordUnreadable(t *testing.T) {
 	t.Run("read fails after a restart", func(t *testing.T) {
-		env := getTestBackend(t)
-		fg := &failingGets{Storage: env.storage.Storage, prefix: accountPrefix}
-		env.storage.Storage = fg
-		p := withMindbaz(t, env, 0, nil, nil)
+		env, p, failing := withFailingAccountReads(t)
 		p.setPassword("changed-at-the-provider")
 		env.mustFail(t, logical.ReadOperation, "creds/app", nil) // rejected, recorded
 		env.start(t)
 		env.clock.Add(time.Minute)
-		fg.on.Store(true)
+		failing.Store(true)
 		env.mustFail(t, logical.ReadOperation, "creds/app", nil)
 		if n := p.calls(grantPassword); n != 1 {
 			t.Errorf("%d logins with the rejected password within its backoff, want 1", n)
 		}
 	})
 	t.Run("rejection not stored", func(t *testing.T) {
-		env := getTestBackend(t)
-		fg := &failingGets{Storage: env.storage.Storage, prefix: accountPrefix}
-		env.storage.Storage = fg
-		p := withMindbaz(t, env, 0, nil, nil)
+		env, p, failing := withFailingAccountReads(t)
 		p.setPassword("changed-at-the-provider")
 		env.start(t)
 		// The record can be read before the login (nothing is there), not after.
 		env.mustOK(t, logical.ReadOperation, "roles/app", nil)
 		p.setHook(func(_ http.ResponseWriter, _ *http.Request, form url.Values) bool {
 			if form.Get("grant_type") == grantPassword {
-				fg.on.Store(true)
+				failing.Store(true)
 			}
 			return false
 		})
@@ -149,7 +128,7 @@ func TestRegression_AccountRecordUnreadable(t *testing.T) {
 		if !strings.Contains(msg, "no login is tried before "+formatTime(env.clock.Now().Add(15*time.Minute))) {
 			t.Errorf("the rejection: %s", msg)
 		}
-		fg.on.Store(false)
+		failing.Store(false)
 		p.setHook(nil)
 		env.clock.Add(time.Second)
 		env.mustFail(t, logical.ReadOperation, "creds/app", nil)
@@ -236,18 +215,8 @@ func TestRegression_LegacyRejectionForTheConnection(t *testing.T) {
 	p := withMindbaz(t, env, 0, nil, nil)
 	_, conn, _ := env.b.connection(context.Background(), env.storage, "conn")
 	p.setPassword("changed-at-the-provider")
-	rejectedAt := env.clock.Now().Add(-time.Minute)
-	old := fmt.Sprintf(`{"config":"conn","account_version":%d,"last_error":"password grant failed: invalid_grant (HTTP 401)",`+
-		`"credentials_rejected_at":%q,"rejected_credentials_version":%d,"rejections":1,"consecutive_failures":1}`,
-		conn.AccountVersion, rejectedAt.Format(time.RFC3339Nano), conn.CredentialsVersion)
 	env.mustOK(t, logical.UpdateOperation, "roles/other", map[string]any{"config": "conn"})
-	if err := env.storage.Put(context.Background(), &logical.StorageEntry{Key: tokenPrefix + "other", Value: []byte(old)}); err != nil {
-		t.Fatal(err)
-	}
-	// The v0.1.0 state: no accounts/ record.
-	if err := env.storage.Delete(context.Background(), accountPrefix+"conn"); err != nil {
-		t.Fatal(err)
-	}
+	env.putLegacyRejection(t, "other", conn, env.clock.Now().Add(-time.Minute))
 	env.start(t)
 	env.mustFail(t, logical.ReadOperation, "creds/app", nil)
 	if n := p.calls(grantPassword); n != 0 {
@@ -313,10 +282,7 @@ func TestRegression_RejectionLiftedByVerify(t *testing.T) {
 func TestRegression_HealthOfAnEndedSeededSession(t *testing.T) {
 	env := getTestBackend(t)
 	p := newFakeProvider(t, "mindbaz", env.clock)
-	env.mustOK(t, logical.UpdateOperation, "config/seeded", map[string]any{
-		"grant_type": grantRefresh, "token_url": p.tokenURL(), "ca_cert": p.caPEM(), "client_id": "100",
-	})
-	env.mustOK(t, logical.UpdateOperation, "roles/app", map[string]any{"config": "seeded"})
+	withSeededConnection(t, env, p)
 	env.mustFail(t, logical.ReadOperation, "creds/app", nil) // no session was seeded
 	if h := env.health(t); h.status == http.StatusOK {
 		t.Errorf("never seeded, every read fails: health 200, role %+v", h.data.Roles["app"])

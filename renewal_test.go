@@ -213,15 +213,11 @@ func TestRenewal_LegacySession(t *testing.T) {
 		t.Errorf("rewritten as format %d with refresh token %q", st.Format, st.Tokens.RefreshToken)
 	}
 
-	// A v0.1.0 entry of another role recorded that the credentials were rejected.
+	// A v0.1.0 entry of another role recorded that the credentials were rejected (and
+	// v0.1.0 kept no accounts/ record).
 	rejectedAt := env.clock.Now().Add(-time.Minute)
-	old := fmt.Sprintf(`{"config":"conn","account_version":%d,"last_error":"password grant failed: invalid_grant (HTTP 401)",`+
-		`"credentials_rejected_at":%q,"rejected_credentials_version":%d,"rejections":1,"consecutive_failures":1}`,
-		conn.AccountVersion, rejectedAt.Format(time.RFC3339Nano), conn.CredentialsVersion)
 	env.mustOK(t, logical.UpdateOperation, "roles/other", map[string]any{"config": "conn"})
-	if err := env.storage.Put(context.Background(), &logical.StorageEntry{Key: tokenPrefix + "other", Value: []byte(old)}); err != nil {
-		t.Fatal(err)
-	}
+	env.putLegacyRejection(t, "other", conn, rejectedAt)
 	env.start(t)
 	msg := env.mustFail(t, logical.ReadOperation, "creds/other", nil)
 	if !strings.Contains(msg, "no login is tried before "+formatTime(rejectedAt.Add(15*time.Minute))) || p.calls(grantPassword) != 0 {

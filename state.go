@@ -525,6 +525,78 @@ func newerRejection(a, b *rejection) *rejection {
 	return b
 }
 
+// recordRejection records that the provider rejected conn's credentials (or client),
+// for every role of the connection: in this node's memory at once, then in storage,
+// never replacing a rejection of newer credentials nor counting twice one that already
+// holds back logins. The credentials are unproven again: after the backoff one login
+// goes alone. It returns the rejection that now applies.
+func (b *backend) recordRejection(ctx context.Context, s logical.Storage, cs *connState, conn *connEntry, ge *grantError, cause string) rejection {
+	now := b.now()
+	next := func(prev *rejection) (rejection, bool) {
+		switch {
+		case prev != nil && prev.CredentialsVersion > conn.CredentialsVersion:
+			// A rejection of newer credentials (conn is older): it stays.
+			return *prev, false
+		case prev.holdsBack(conn, now):
+			// A concurrent login already recorded this rejection.
+			return *prev, false
+		}
+		rec := rejection{CredentialsVersion: conn.CredentialsVersion, At: now, Count: 1, Cause: cause, Client: ge.clientRejected()}
+		if prev.appliesTo(conn) {
+			rec.Count = prev.Count + 1
+		}
+		rec.NextLoginAt = now.Add(rejectionBackoffFor(rec.Count))
+		return rec, true
+	}
+	known, _ := b.rejectionOf(ctx, s, cs)
+	rec, _ := next(known)
+	cs.mu.Lock()
+	cs.localRejection = newerRejection(cs.localRejection, &rec)
+	cs.mu.Unlock()
+	err := b.updateAccount(ctx, s, cs, func(a *accountEntry) bool {
+		stored, changed := next(a.Rejection)
+		if !changed {
+			return false
+		}
+		if stored.At.Before(rec.At) {
+			stored = rec
+		}
+		a.Rejection = &stored
+		return true
+	})
+	if err != nil {
+		b.Logger().Warn("could not save the connection's rejection record; it is kept in memory", "connection", cs.name, "error", err)
+	} else {
+		// Stored (and cached): the record speaks for it from now on.
+		cs.mu.Lock()
+		if l := cs.localRejection; l != nil && !l.At.After(rec.At) {
+			cs.localRejection = nil
+		}
+		cs.mu.Unlock()
+	}
+	cs.gate.unprove(conn.CredentialsVersion)
+	return rec
+}
+
+// liftRejection forgets a rejection of credentials version or older (a login with them
+// just succeeded), in memory and in storage; a rejection of newer credentials stays.
+func (b *backend) liftRejection(ctx context.Context, s logical.Storage, cs *connState, version uint64) {
+	cs.mu.Lock()
+	if l := cs.localRejection; l != nil && l.CredentialsVersion <= version {
+		cs.localRejection = nil
+	}
+	cs.mu.Unlock()
+	if err := b.updateAccount(ctx, s, cs, func(a *accountEntry) bool {
+		if a.Rejection == nil || a.Rejection.CredentialsVersion > version {
+			return false
+		}
+		a.Rejection = nil
+		return true
+	}); err != nil {
+		b.Logger().Warn("could not clear the connection's rejection record", "connection", cs.name, "error", err)
+	}
+}
+
 // updateAccount changes a connection's account record with change (which returns false
 // when there is nothing to change) and writes it. When the write fails the change is
 // kept in memory, and written with the next change or the next call of flushAccount.

@@ -277,20 +277,13 @@ func (b *backend) loadRenewal(ctx context.Context, s logical.Storage, rs *roleSt
 	if conn == nil {
 		return nil, &userError{msg: msgUnknownConnection(rs.name, role.Config)}
 	}
-	stored, legacy, err := readSession(ctx, s, rs.name)
+	// A rejection v0.1.0 recorded in the session is the connection's: migrateAccount
+	// adopted it when the connection's record was first built.
+	stored, _, err := readSession(ctx, s, rs.name)
 	if err != nil {
 		return nil, err
 	}
 	r := &renewal{b: b, ctx: ctx, s: s, rs: rs, cs: cs, role: role, conn: conn, stored: stored, epoch: epoch}
-	if legacy.appliesTo(conn) && b.canWrite() {
-		b.adoptRejection(ctx, s, cs, legacy)
-		defer func() {
-			// Rewritten without it, so that it is not adopted again once lifted.
-			if r.rs.unsaved.Load() == nil {
-				_ = r.save()
-			}
-		}()
-	}
 
 	var base uint64
 	if stored != nil {
@@ -442,13 +435,14 @@ func (r *renewal) refresh() (tokenResult, error, bool) {
 	var ge *grantError
 	errors.As(gerr, &ge)
 	switch {
-	case ge != nil && ge.kind == failRejected && ge.refreshRefusedByConfiguration() && r.conn.grantType() == grantRefresh:
-		// Refused before the provider looked at the token, and no login can replace it:
-		// the seeded session stays, for the connection to be fixed (R3).
-		r.sess.Tokens.RefreshSentAt = time.Time{}
-		res, err := r.failed(gerr)
-		return res, err, true
 	case ge != nil && ge.kind == failRejected && ge.refreshRefusedByConfiguration():
+		if r.conn.grantType() == grantRefresh {
+			// Refused before the provider looked at the token, and no login can replace
+			// it: the seeded session stays, for the connection to be fixed (R3).
+			r.sess.Tokens.RefreshSentAt = time.Time{}
+			res, err := r.failed(gerr)
+			return res, err, true
+		}
 		r.refused = r.redact(ge.Error())
 		r.spent = r.refused
 		r.b.Logger().Warn("the provider refused the refresh grant for a reason of configuration; logging in with the password", "role", r.rs.name, "connection", r.role.Config, "reason", r.refused)
@@ -531,22 +525,8 @@ func (r *renewal) login() (tokenResult, error) {
 	if err != nil {
 		return r.failed(err)
 	}
-	// L3: lift a rejection of these credentials (never one of newer credentials), then
-	// save the session.
-	r.cs.mu.Lock()
-	if l := r.cs.localRejection; l != nil && l.CredentialsVersion <= r.conn.CredentialsVersion {
-		r.cs.localRejection = nil
-	}
-	r.cs.mu.Unlock()
-	if err := r.b.updateAccount(r.ctx, r.s, r.cs, func(a *accountEntry) bool {
-		if a.Rejection == nil || a.Rejection.CredentialsVersion > r.conn.CredentialsVersion {
-			return false
-		}
-		a.Rejection = nil
-		return true
-	}); err != nil {
-		r.b.Logger().Warn("could not clear the connection's rejection record", "connection", r.role.Config, "error", err)
-	}
+	// L3: lift a rejection of these credentials, then save the session.
+	r.b.liftRejection(r.ctx, r.s, r.cs, r.conn.CredentialsVersion)
 	return r.succeeded(tok, r.conn.grantType())
 }
 
@@ -604,55 +584,9 @@ func (r *renewal) ended() (tokenResult, error) {
 }
 
 // rejected records that the provider rejected the connection's credentials, for every
-// role of the connection (in memory at once, then in storage), and returns the error
-// readers get.
+// role of the connection, and returns the error readers get.
 func (r *renewal) rejected(ge *grantError) error {
-	now := r.now()
-	cause := r.redact(ge.Error())
-	next := func(prev *rejection) (rejection, bool) {
-		switch {
-		case prev != nil && prev.CredentialsVersion > r.conn.CredentialsVersion:
-			// A rejection of newer credentials (this renewal's entry is older): it stays.
-			return *prev, false
-		case prev.holdsBack(r.conn, now):
-			// Another role's concurrent login already recorded this rejection.
-			return *prev, false
-		}
-		rec := rejection{CredentialsVersion: r.conn.CredentialsVersion, At: now, Count: 1, Cause: cause, Client: ge.clientRejected()}
-		if prev.appliesTo(r.conn) {
-			rec.Count = prev.Count + 1
-		}
-		rec.NextLoginAt = now.Add(rejectionBackoffFor(rec.Count))
-		return rec, true
-	}
-	known, _ := r.b.rejectionOf(r.ctx, r.s, r.cs)
-	rec, _ := next(known)
-	r.cs.mu.Lock()
-	r.cs.localRejection = newerRejection(r.cs.localRejection, &rec)
-	r.cs.mu.Unlock()
-	err := r.b.updateAccount(r.ctx, r.s, r.cs, func(a *accountEntry) bool {
-		stored, changed := next(a.Rejection)
-		if !changed {
-			return false
-		}
-		if stored.At.Before(rec.At) {
-			stored = rec
-		}
-		a.Rejection = &stored
-		return true
-	})
-	if err != nil {
-		r.b.Logger().Warn("could not save the connection's rejection record; it is kept in memory", "connection", r.role.Config, "error", err)
-	} else {
-		// Stored (and cached): the record speaks for it from now on.
-		r.cs.mu.Lock()
-		if l := r.cs.localRejection; l != nil && !l.At.After(rec.At) {
-			r.cs.localRejection = nil
-		}
-		r.cs.mu.Unlock()
-	}
-	// Unproven again: after the backoff one login goes alone.
-	r.cs.gate.unprove(r.conn.CredentialsVersion)
+	rec := r.b.recordRejection(r.ctx, r.s, r.cs, r.conn, ge, r.redact(ge.Error()))
 	r.b.Logger().Warn("provider rejected the login", "role", r.rs.name, "connection", r.role.Config, "as", loginIdentity(r.conn),
 		"client_rejected", rec.Client, "next_login_at", formatTime(rec.NextLoginAt))
 	if rec.CredentialsVersion != r.conn.CredentialsVersion {
@@ -711,33 +645,12 @@ func (r *renewal) takeSpare() (bool, error) {
 func (r *renewal) succeeded(tok *tokenResponse, grant string) (tokenResult, error) {
 	now := r.now()
 	t := &r.sess.Tokens
-	// A refresh answer without a refresh token keeps the one presented; a login starts
-	// a new session.
-	prevRT, prevRTExpiry := t.RefreshToken, t.RefreshExpiresAt
-	if grant != grantRefresh {
-		prevRT, prevRTExpiry = "", time.Time{}
+	next := tokensFrom(tok, grant, r.conn, now)
+	if grant == grantRefresh && next.RefreshToken == "" {
+		// A refresh answer without a refresh token keeps the one presented.
+		next.RefreshToken, next.RefreshExpiresAt = t.RefreshToken, cmp.Or(tok.RefreshExpiresAt, t.RefreshExpiresAt)
 	}
-	*t = sessionTokens{
-		AccessToken: tok.AccessToken, TokenType: tok.TokenType, Scope: tok.Scope,
-		ObtainedAt: tok.Started, ExpiresAt: tok.ExpiresAt, Grant: grant,
-		RefreshToken: prevRT, RefreshExpiresAt: prevRTExpiry,
-	}
-	if t.ObtainedAt.IsZero() || t.ObtainedAt.After(now) {
-		t.ObtainedAt = now
-	}
-	if !t.ExpiresAt.After(now) {
-		// A token that is already expired by our clock: count it as one second long
-		// rather than never valid, and let the next read renew it.
-		t.ExpiresAt = now.Add(time.Second)
-	}
-	if tok.RefreshToken != "" {
-		t.RefreshToken, t.RefreshExpiresAt = tok.RefreshToken, tok.RefreshExpiresAt
-		if t.RefreshExpiresAt.IsZero() && r.conn.RefreshTokenTTL > 0 {
-			t.RefreshExpiresAt = t.ObtainedAt.Add(r.conn.RefreshTokenTTL)
-		}
-	} else if !tok.RefreshExpiresAt.IsZero() {
-		t.RefreshExpiresAt = tok.RefreshExpiresAt
-	}
+	*t = next
 	r.sess.Failure = failureRecord{}
 	if r.refused != "" {
 		r.sess.Failure.LastError, r.sess.Failure.LastErrorAt = msgRefreshRefused(r.role.Config, r.refused), now
@@ -748,6 +661,29 @@ func (r *renewal) succeeded(tok *tokenResponse, grant string) (tokenResult, erro
 		return tokenResult{}, msgNotSaved(r.rs.name, err)
 	}
 	return r.answer(t, now, answeredRenewed, true), nil
+}
+
+// tokensFrom is the session tokens of a successful token answer, obtained by grant from
+// conn: a new session (a refresh answer without a refresh token keeps the old one: the
+// caller's business).
+func tokensFrom(tok *tokenResponse, grant string, conn *connEntry, now time.Time) sessionTokens {
+	t := sessionTokens{
+		AccessToken: tok.AccessToken, TokenType: tok.TokenType, Scope: tok.Scope,
+		ObtainedAt: tok.Started, ExpiresAt: tok.ExpiresAt, Grant: grant,
+		RefreshToken: tok.RefreshToken, RefreshExpiresAt: tok.RefreshExpiresAt,
+	}
+	if t.ObtainedAt.IsZero() || t.ObtainedAt.After(now) {
+		t.ObtainedAt = now
+	}
+	if !t.ExpiresAt.After(now) {
+		// A token that is already expired by our clock: count it as one second long
+		// rather than never valid, and let the next read renew it.
+		t.ExpiresAt = now.Add(time.Second)
+	}
+	if t.RefreshToken != "" && t.RefreshExpiresAt.IsZero() && conn.RefreshTokenTTL > 0 {
+		t.RefreshExpiresAt = t.ObtainedAt.Add(conn.RefreshTokenTTL)
+	}
+	return t
 }
 
 // failed records a failed attempt, with its retry window counted from now (the end of
@@ -826,30 +762,9 @@ func (r *renewal) redact(s string) string {
 	return newRedactor(r.conn.Password, r.conn.ClientSecret, r.old.RefreshToken, r.sess.Tokens.RefreshToken).redact(s)
 }
 
-// mark writes the session with the write-ahead mark on its refresh token (R1). When
-// the write fails nothing else changes: the session in memory (saved or not) is as it
-// was, but for the mark.
-func (r *renewal) mark() error {
-	r.sess.Tokens.RefreshSentAt = r.now()
-	next := r.sess
-	next.Format = sessionFormat
-	if r.stored != nil {
-		next.Revision = r.stored.Revision + 1
-	} else {
-		next.Revision = 1
-	}
-	if err := putJSON(r.ctx, r.s, tokenPrefix+r.rs.name, &next); err != nil {
-		return err
-	}
-	r.stored, r.sess.Revision = &next, next.Revision
-	r.rs.unsaved.Store(nil)
-	r.rs.install(r.view(), r.epoch)
-	return nil
-}
-
-// save writes the renewal's session over the stored entry it follows. When the write
-// fails the session is kept in memory, served, and written at the next chance.
-func (r *renewal) save() error {
+// write puts the renewal's session over the stored entry it follows, as the next
+// revision, and returns what it wrote and the revision it followed.
+func (r *renewal) write() (*sessionEntry, uint64, error) {
 	next := r.sess
 	next.Format = sessionFormat
 	var base uint64
@@ -857,39 +772,42 @@ func (r *renewal) save() error {
 		base = r.stored.Revision
 	}
 	next.Revision = base + 1
-	err := putJSON(r.ctx, r.s, tokenPrefix+r.rs.name, &next)
-	rs := r.rs
-	if err != nil {
-		rs.unsaved.Store(&unsavedSession{sess: &next, base: base, err: err})
-	} else {
-		r.stored = &next
-		rs.unsaved.Store(nil)
-	}
 	r.sess.Revision = next.Revision
-	v := r.view()
-	rs.install(v, r.epoch)
-	served := v.served.Load()
-	if err != nil {
-		r.b.bg.schedule(rs.name, r.now().Add(time.Minute))
+	if err := putJSON(r.ctx, r.s, tokenPrefix+r.rs.name, &next); err != nil {
+		return &next, base, err
+	}
+	r.stored = &next
+	r.rs.unsaved.Store(nil)
+	return &next, base, nil
+}
+
+// mark writes the session with the write-ahead mark on its refresh token (R1). When
+// the write fails nothing else changes: the session in memory (saved or not) is as it
+// was, but for the mark.
+func (r *renewal) mark() error {
+	r.sess.Tokens.RefreshSentAt = r.now()
+	if _, _, err := r.write(); err != nil {
 		return err
 	}
-	r.b.bg.schedule(rs.name, dueTime(rs.name, r.role, &next, served))
+	r.rs.install(r.view(), r.epoch)
 	return nil
 }
 
-// adoptRejection makes a rejection recorded by v0.1.0 in a role's session the
-// connection's, unless the connection has a newer one.
-func (b *backend) adoptRejection(ctx context.Context, s logical.Storage, cs *connState, rej *rejection) {
-	err := b.updateAccount(ctx, s, cs, func(a *accountEntry) bool {
-		if a.Rejection != nil && !a.Rejection.At.Before(rej.At) {
-			return false
-		}
-		a.Rejection = rej
-		return true
-	})
+// save writes the renewal's session over the stored entry it follows. When the write
+// fails the session is kept in memory, served, and written at the next chance.
+func (r *renewal) save() error {
+	next, base, err := r.write()
 	if err != nil {
-		b.Logger().Warn("could not save a rejection recorded by an older version", "connection", cs.name, "error", err)
+		r.rs.unsaved.Store(&unsavedSession{sess: next, base: base, err: err})
 	}
+	v := r.view()
+	r.rs.install(v, r.epoch)
+	if err != nil {
+		r.b.bg.schedule(r.rs.name, r.now().Add(time.Minute))
+		return err
+	}
+	r.b.bg.schedule(r.rs.name, dueTime(r.rs.name, r.role, next, v.served.Load()))
+	return nil
 }
 
 // discardSession forgets a role's session, ending it at the revocation endpoint of the
