@@ -80,6 +80,8 @@ type grantError struct {
 	retryAfter  time.Duration
 	// badCert marks a TLS certificate the connection does not trust.
 	badCert bool
+	// outOfTime marks a request not sent because its attempt's time was used up.
+	outOfTime bool
 }
 
 func (e *grantError) Error() string {
@@ -361,6 +363,10 @@ func (c *tokenClient) do(ctx context.Context, grant string, form url.Values, req
 	delay := firstRetryDelay
 	var waited time.Duration
 	for sent := 1; ; sent++ {
+		if ctx.Err() != nil {
+			// The attempt's time is up (a hung refresh before this login): not sent.
+			return nil, &grantError{kind: failTransient, grant: grant, detail: "no time left within request_timeout", outOfTime: true}
+		}
 		started := c.now()
 		tok, err := c.timed(ctx, grant, form, started, guard)
 		var gerr *grantError

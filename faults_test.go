@@ -103,7 +103,7 @@ func TestFaultMatrix(t *testing.T) {
 			retried: true,
 			session: sessionWant{refresh: rtKept, failures: 1, lastError: "refresh_token grant failed: slow_down: too many requests (HTTP 429)"},
 		},
-		"slow provider past the timeout: the refresh token is spent": {
+		"slow provider past the timeout: the refresh token is spent, and the attempt's time": {
 			renew: true,
 			arrange: func(t *testing.T, env *testEnv, p *fakeProvider) {
 				env.mustOK(t, logical.UpdateOperation, "config/conn", map[string]any{"request_timeout": "1s", "verify": false})
@@ -121,8 +121,12 @@ func TestFaultMatrix(t *testing.T) {
 					return true
 				}
 			},
-			calls:   map[string]int{grantRefresh: 1, grantPassword: 1},
-			session: sessionWant{refresh: rtNewest},
+			// The read is answered within request_timeout; nothing is recorded against
+			// the provider, so the next read logs in at once (TestRenewal_SlowRefreshThenLogin).
+			err: `could not get a token from connection "conn" ({url}): the refresh token was spent and the attempt used up request_timeout before a login: ` +
+				`the next read logs in; if this repeats, check the provider and request_timeout`,
+			calls:   map[string]int{grantRefresh: 1, grantPassword: 0},
+			session: sessionWant{refresh: rtKept, sent: true},
 		},
 		"connection refused": {
 			arrange: func(t *testing.T, env *testEnv, p *fakeProvider) {

@@ -201,7 +201,7 @@ func pathConfig(b *backend) []*framework.Path {
 				},
 				"request_timeout": {
 					Type:        framework.TypeDurationSecond,
-					Description: "Time allowed for each token request to the provider, retries included.",
+					Description: "Time allowed for each token request to the provider, retries included; one renewal attempt (a refresh, the login that may follow it, the wait for another role's login) gets no more in all, so readers are answered within it.",
 					Default:     int(defaultRequestTimeout.Seconds()),
 				},
 				"refresh_token_ttl": {

@@ -421,9 +421,9 @@ func TestRenewal_ClockAfterTheAnswer(t *testing.T) {
 }
 
 // TestRenewal_HangingProviderOneAttempt: while the provider hangs until request_timeout,
-// ten concurrent readers of one role wait for one attempt and get its result; they do
-// not queue attempts one behind another. A reader right after is answered from the
-// retry window.
+// ten concurrent readers of one role wait for one attempt and get its result, within
+// that one request_timeout: they do not queue attempts one behind another, and the
+// attempt does not follow its hung refresh with a login it has no time left for.
 func TestRenewal_HangingProviderOneAttempt(t *testing.T) {
 	env, p, _, _ := newSession(t)
 	env.mustOK(t, logical.UpdateOperation, "config/conn", map[string]any{"request_timeout": "1s", "verify": false})
@@ -440,14 +440,40 @@ func TestRenewal_HangingProviderOneAttempt(t *testing.T) {
 			t.Errorf("read %d: %q, want the attempt's error %q", i, msg, first)
 		}
 	}
-	// One attempt: the refresh (spent, as it may have reached the provider) and the
-	// login that followed it.
-	if n := requests.Load(); n != 2 {
-		t.Errorf("the provider saw %d requests, want one attempt: a refresh and a login", n)
+	// One attempt, one request: the refresh (spent: it may have reached the provider).
+	if n := requests.Load(); n != 1 {
+		t.Errorf("the provider saw %d requests, want one attempt: the refresh", n)
 	}
+	// The next read logs in (and hangs: a failure with a retry window); the one after is
+	// answered from that window.
+	env.mustFail(t, logical.ReadOperation, "creds/app", nil)
 	if msg := env.mustFail(t, logical.ReadOperation, "creds/app", nil); !strings.Contains(msg, "the next attempt is allowed at") || requests.Load() != 2 {
-		t.Errorf("a read right after: %d more requests, %s", requests.Load()-2, msg)
+		t.Errorf("the reads after: %d more requests, %s", requests.Load()-1, msg)
 	}
+}
+
+// TestRenewal_SlowRefreshThenLogin: a refresh answered after request_timeout spends the
+// refresh token and the attempt's time; the read is answered then, and the next read
+// logs in at once, never presenting the spent token again.
+func TestRenewal_SlowRefreshThenLogin(t *testing.T) {
+	env, p, _, _ := newSession(t)
+	env.mustOK(t, logical.UpdateOperation, "config/conn", map[string]any{"request_timeout": "1s", "verify": false})
+	env.clock.Add(p.accessTTL + time.Second)
+	p.setHook(func(_ http.ResponseWriter, r *http.Request, form url.Values) bool {
+		if form.Get("grant_type") != grantRefresh {
+			return false
+		}
+		p.consume(form.Get("refresh_token")) // rotated, answered too late
+		<-r.Context().Done()
+		return true
+	})
+	env.mustFail(t, logical.ReadOperation, "creds/app", nil)
+	logins := p.calls(grantPassword)
+	env.readCreds(t, "app")
+	if p.calls(grantPassword) != logins+1 || p.calls(grantRefresh) != 1 {
+		t.Errorf("the next read: %d logins, %d refreshes in all; want a login at once, no second refresh", p.calls(grantPassword)-logins, p.calls(grantRefresh))
+	}
+	p.assertNoRefreshReuse(t)
 }
 
 // TestRenewal_ServiceUnavailableBudget: one reader polling every 2 s for 5.5 minutes

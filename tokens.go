@@ -246,6 +246,8 @@ type renewal struct {
 	// epoch is the role's when the renewal loaded it: after an invalidation (another
 	// node, or a change of the connection's account) its view is not installed.
 	epoch uint64
+	// deadline ends the provider's part of the attempt (providerCtx).
+	deadline time.Time
 
 	minTTL     time.Duration
 	force      bool
@@ -343,6 +345,18 @@ func (r *renewal) due() bool {
 
 func (r *renewal) now() time.Time { return r.b.now() }
 
+// providerCtx bounds the provider's part of the attempt: its requests, their retries,
+// a refresh and the login that may follow it, and the wait for another role's login,
+// all within one request_timeout from the start of the attempt; readers that wait for
+// the attempt get its answer by then. Storage writes are not bounded by it: what the
+// provider answered must reach storage.
+func (r *renewal) providerCtx() (context.Context, context.CancelFunc) {
+	if r.deadline.IsZero() {
+		r.deadline = time.Now().Add(r.conn.RequestTimeout)
+	}
+	return context.WithDeadline(r.ctx, r.deadline)
+}
+
 // situation is what decide looks at now; err says the connection's rejection record
 // could not be read (the rejection is then only what this node saw).
 func (r *renewal) situation() (situation, error) {
@@ -427,7 +441,9 @@ func (r *renewal) refresh() (tokenResult, error, bool) {
 		res, err := r.stale(r.now(), msgMarkNotSaved(r.rs.name, err))
 		return res, err, true
 	}
-	tok, gerr := client.refreshGrant(r.ctx, rt, r.requests())
+	ctx, cancel := r.providerCtx()
+	tok, gerr := client.refreshGrant(ctx, rt, r.requests())
+	cancel()
 	if gerr == nil {
 		res, err := r.succeeded(tok, grantRefresh)
 		return res, err, true
@@ -484,11 +500,14 @@ func (r *renewal) login() (tokenResult, error) {
 		return r.failed(err)
 	}
 	version := r.conn.CredentialsVersion
-	// L1: while the credentials are unproven one login goes alone. The leader's login
-	// is bounded by request_timeout; so is the wait for it.
-	gateCtx, cancel := context.WithTimeout(r.ctx, 2*r.conn.RequestTimeout)
-	lead, shared := r.cs.gate.enter(gateCtx, version)
-	cancel()
+	// L1: while the credentials are unproven one login goes alone; the wait for it is
+	// part of this attempt's request_timeout.
+	ctx, cancel := r.providerCtx()
+	defer cancel()
+	if ctx.Err() != nil {
+		return r.outOfTime()
+	}
+	lead, shared := r.cs.gate.enter(ctx, version)
 	if shared != nil {
 		if errors.Is(shared, context.DeadlineExceeded) {
 			shared = &grantError{kind: failTransient, grant: r.conn.grantType(), detail: "another role's login of this connection did not end within request_timeout"}
@@ -517,17 +536,29 @@ func (r *renewal) login() (tokenResult, error) {
 			}
 		},
 	}
-	tok, err := client.login(r.ctx, r.role.Scopes, r.requests(), guard)
+	tok, err := client.login(ctx, r.role.Scopes, r.requests(), guard)
 	if rejErr != nil {
 		err = rejErr
 	}
 	r.cs.gate.leave(lead, err)
+	var ge *grantError
+	if errors.As(err, &ge) && ge.outOfTime {
+		return r.outOfTime()
+	}
 	if err != nil {
 		return r.failed(err)
 	}
 	// L3: lift a rejection of these credentials, then save the session.
 	r.b.liftRejection(r.ctx, r.s, r.cs, r.conn.CredentialsVersion)
 	return r.succeeded(tok, r.conn.grantType())
+}
+
+// outOfTime answers an attempt whose refresh used up its request_timeout before the
+// login could be sent. Nothing failed at the provider that a retry window should keep
+// from it: the next read logs in at once.
+func (r *renewal) outOfTime() (tokenResult, error) {
+	return r.stale(r.now(), &providerError{fmt.Errorf("could not get a token from connection %q (%s): the refresh token was spent and the attempt used up request_timeout before a login: the next read logs in; if this repeats, check the provider and request_timeout",
+		r.role.Config, displayURL(r.conn.TokenURL))})
 }
 
 // plant replaces the role's session by one of refresh token seed (the old session ends
