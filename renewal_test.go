@@ -452,6 +452,28 @@ func TestRenewal_HangingProviderOneAttempt(t *testing.T) {
 	}
 }
 
+// TestRenewal_ServiceUnavailableOneAttempt: ten concurrent readers of a role whose token
+// expired, against a provider that answers 503, cause one attempt: at most three
+// requests, all with the same refresh token, which stays good.
+func TestRenewal_ServiceUnavailableOneAttempt(t *testing.T) {
+	env, p, _, _ := newSession(t)
+	env.clock.Add(p.accessTTL + time.Second)
+	p.setHook(reply("", http.StatusServiceUnavailable, "text/plain", "maintenance")(p))
+	before := p.calls("")
+	done := readRolesAsync(env, []string{"app", "app", "app", "app", "app", "app", "app", "app", "app", "app"})
+	for range 10 {
+		if msg := <-done; !strings.Contains(msg, "(HTTP 503)") {
+			t.Errorf("a read: %q", msg)
+		}
+	}
+	if n := p.calls("") - before; n < 1 || n > maxAttemptRequests {
+		t.Errorf("10 concurrent readers caused %d requests, want one attempt of at most %d", n, maxAttemptRequests)
+	}
+	if st := env.storedSession(t, "app"); st.Tokens.RefreshToken == "" || !st.Tokens.RefreshSentAt.IsZero() {
+		t.Errorf("the refresh token after 503s: %+v, want it kept, unmarked", st.Tokens)
+	}
+}
+
 // TestRenewal_SlowRefreshThenLogin: a refresh answered after request_timeout spends the
 // refresh token and the attempt's time; the read is answered then, and the next read
 // logs in at once, never presenting the spent token again.
