@@ -142,18 +142,37 @@ func outcomeOf(err error) string {
 	return outcomeTransient
 }
 
-// read counts a creds read by how it was answered.
+// read counts a creds read of role by how it was answered.
 func (m *metrics) read(role, how string) {
-	v, ok := m.readers.Load(role)
-	if !ok {
-		v, _ = m.readers.LoadOrStore(role, &roleReads{
-			cached:  m.reads.WithLabelValues(role, answeredCached),
-			renewed: m.reads.WithLabelValues(role, answeredRenewed),
-			stale:   m.reads.WithLabelValues(role, answeredStale),
-			failed:  m.reads.WithLabelValues(role, answeredFailed),
-		})
+	m.roleReads(role).count(how)
+}
+
+// readOf counts a creds read of a role whose state the read found: its counters are
+// resolved once and kept on the state, so a cached read adds to an atomic counter.
+func (m *metrics) readOf(rs *roleState, how string) {
+	r := rs.reads.Load()
+	if r == nil {
+		r = m.roleReads(rs.name)
+		rs.reads.Store(r)
 	}
-	r := v.(*roleReads)
+	r.count(how)
+}
+
+// roleReads returns a role's read counters, resolved on first use.
+func (m *metrics) roleReads(role string) *roleReads {
+	if v, ok := m.readers.Load(role); ok {
+		return v.(*roleReads)
+	}
+	v, _ := m.readers.LoadOrStore(role, &roleReads{
+		cached:  m.reads.WithLabelValues(role, answeredCached),
+		renewed: m.reads.WithLabelValues(role, answeredRenewed),
+		stale:   m.reads.WithLabelValues(role, answeredStale),
+		failed:  m.reads.WithLabelValues(role, answeredFailed),
+	})
+	return v.(*roleReads)
+}
+
+func (r *roleReads) count(how string) {
 	switch how {
 	case answeredCached:
 		r.cached.Inc()

@@ -112,7 +112,7 @@ func (b *backend) creds(ctx context.Context, req *logical.Request, d *framework.
 		}
 		return responseError(req, err)
 	}
-	b.metrics.read(name, res.how)
+	b.metrics.readOf(res.rs, res.how)
 	return credsResponse(&res, req.MountPoint), nil
 }
 

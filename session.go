@@ -219,7 +219,7 @@ func retryWindow(failures int) time.Duration {
 	return min(d, maxRetryInterval)
 }
 
-// usableSpare reports whether a spare session can serve a role of conn at now.
+// usable reports whether a spare session can serve a role of conn at now.
 func (s *spareSession) usable(conn *connEntry, now time.Time) bool {
 	return s != nil && conn != nil && s.AccountVersion == conn.AccountVersion &&
 		(s.Tokens.valid(now) || s.Tokens.refreshable(now))

@@ -36,6 +36,8 @@ type roleState struct {
 	// unsaved is the role's session when it could not be written yet; changed only
 	// under lock.
 	unsaved atomic.Pointer[unsavedSession]
+	// reads are the role's read counters, resolved on its first read (metrics.readOf).
+	reads atomic.Pointer[roleReads]
 }
 
 // unsavedSession is a session kept in memory because its write failed.
@@ -44,8 +46,6 @@ type unsavedSession struct {
 	// base is the revision of the stored entry it follows: it is written over that
 	// entry, and dropped if storage moved on.
 	base uint64
-	// err is why it could not be written.
-	err error
 }
 
 // roleView is a role with its session as the fast path reads it.

@@ -91,6 +91,8 @@ type tokenResult struct {
 	// forward: this node cannot write and this is its first read of the token, which
 	// goes to the active node.
 	forward bool
+	// rs is the role's state, for the read's metrics.
+	rs *roleState
 }
 
 // getToken returns a token of role name with at least minTTL left (0: the role's
@@ -111,7 +113,7 @@ func (b *backend) getToken(ctx context.Context, s logical.Storage, name string, 
 					// so that it knows the token is in use and renews it in time.
 					return tokenResult{}, logical.ErrReadOnly
 				}
-				return tokenResult{tokens: t, creds: v.creds, minTTL: want, now: now, how: answeredCached}, nil
+				return tokenResult{tokens: t, creds: v.creds, minTTL: want, now: now, how: answeredCached, rs: rs}, nil
 			}
 		}
 	}
@@ -766,7 +768,7 @@ func (r *renewal) stale(now time.Time, err error) (tokenResult, error) {
 
 // answer is the result serving t. A reader's first read of a token marks it served.
 func (r *renewal) answer(t *sessionTokens, now time.Time, how string, attempted bool) tokenResult {
-	res := tokenResult{tokens: t, minTTL: r.minTTL, now: now, warnings: r.warnings, how: how, attempted: attempted}
+	res := tokenResult{tokens: t, minTTL: r.minTTL, now: now, warnings: r.warnings, how: how, attempted: attempted, rs: r.rs}
 	if v := r.rs.view.Load(); v != nil && v.creds != nil && v.tokens().AccessToken == t.AccessToken {
 		res.creds = v.creds
 		if !r.background && !v.served.Load() {
@@ -829,7 +831,7 @@ func (r *renewal) mark() error {
 func (r *renewal) save() error {
 	next, base, err := r.write()
 	if err != nil {
-		r.rs.unsaved.Store(&unsavedSession{sess: next, base: base, err: err})
+		r.rs.unsaved.Store(&unsavedSession{sess: next, base: base})
 	}
 	v := r.view()
 	r.rs.install(v, r.epoch)
