@@ -14,8 +14,8 @@ import (
 // is killed (SIGKILL: no step-down, no seal) while its refresh is in flight at
 // the provider, which has already rotated the refresh token and answers only
 // after the node died. The new active node serves a token and no refresh token
-// is ever presented twice: the one that was in flight counts as spent (SPEC
-// 4.2 step 4), so the new active node logs in once with the password, then
+// is ever presented twice: the one that was in flight counts as spent (its
+// write-ahead mark, docs/renewal.md), so the new active node logs in once with the password, then
 // renews with the refresh token of that login. A replay of the spent token
 // would be reuse to the provider: invalid_grant, the whole family revoked.
 func TestRaftFailoverDuringRefresh(t *testing.T) {
